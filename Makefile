@@ -1,0 +1,76 @@
+# Studbook's developer entry points. `make test` sets up everything it needs on a fresh machine.
+#
+# Heavy things live outside the clone, keyed by their pins, so a second clone (or CI on a warm
+# machine) reuses them: the dependency environment is keyed by the hash of requirements/dev.lock.
+# Each clone gets a thin `.venv` that sees those dependencies and this tree's source.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+STUDBOOK_CACHE ?= $(HOME)/.cache/studbook
+UV_VERSION := 0.13.8
+UV := $(STUDBOOK_CACHE)/uv-$(UV_VERSION)/bin/uv
+LOCK := requirements/dev.lock
+DEPS_KEY := $(shell sha256sum $(LOCK) | cut -c1-16)
+DEPS := $(STUDBOOK_CACHE)/deps-$(DEPS_KEY)
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+export UV_CACHE_DIR := $(STUDBOOK_CACHE)/uv-cache
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: all venv lock lint crds check-crds test test-unit clean
+
+all: test
+
+$(UV):
+	$(PYTHON) -m venv $(STUDBOOK_CACHE)/uv-$(UV_VERSION)
+	$(STUDBOOK_CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
+
+# The dependency environment: created once per lock and never changed afterwards. The marker
+# is written last, so an interrupted install is redone from scratch.
+$(DEPS)/.complete: $(UV) $(LOCK)
+	rm -rf $(DEPS)
+	$(UV) venv --quiet --python $(PYTHON) $(DEPS)
+	VIRTUAL_ENV=$(DEPS) $(UV) pip sync --quiet $(LOCK)
+	touch $@
+
+# The clone's environment: a bare venv whose .pth files point at the cached dependencies and at
+# this tree's source roots, so tests always run the code of this clone.
+$(VENV)/.complete: $(DEPS)/.complete
+	rm -rf $(VENV)
+	$(UV) venv --quiet --python $(DEPS)/bin/python $(VENV)
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	  $(DEPS)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+	    > $$site/_studbook_deps.pth; \
+	  printf '%s\n%s\n' "$(CURDIR)/operator" "$(CURDIR)/trainer-image" > $$site/_studbook_src.pth
+	printf '#!/bin/sh\nexec "%s" -m studbook "$$@"\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/studbook
+	chmod +x $(VENV)/bin/studbook
+	touch $@
+
+venv: $(VENV)/.complete
+
+lock: $(UV)
+	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 -o $(LOCK)
+
+crds: venv
+	$(PY) -m studbook.api.crdgen --out crds --chart charts/studbook/crds
+
+check-crds: venv
+	$(PY) -m studbook.api.crdgen --out crds --chart charts/studbook/crds --check
+
+lint: venv check-crds
+	$(DEPS)/bin/ruff check operator trainer-image tests bench
+	$(DEPS)/bin/ruff format --check operator trainer-image tests bench
+	$(PY) -m mypy operator/studbook trainer-image/studbook_trainer
+	$(PY) -m importlinter.cli --config pyproject.toml
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test: lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

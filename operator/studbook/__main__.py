@@ -1,0 +1,5 @@
+"""``python -m studbook`` runs the command-line interface."""
+
+from studbook.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Immutable content-addressed packages, their stores, signing and verification."""

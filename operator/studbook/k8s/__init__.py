@@ -1,0 +1,1 @@
+"""Builders for Jobs, InferenceServices and ConfigMaps, and Kubernetes API helpers."""

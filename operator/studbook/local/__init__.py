@@ -1,0 +1,1 @@
+"""The embedded default: the breeding pipeline on one machine, without a cluster."""
