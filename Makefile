@@ -55,10 +55,10 @@ lock: $(UV)
 	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 -o $(LOCK)
 
 crds: venv
-	$(PY) -m studbook.api.crdgen --out crds --chart charts/studbook/crds
+	$(PY) -m studbook.api.crdgen --out crds --chart charts/studbook/crds --docs docs/api.md
 
 check-crds: venv
-	$(PY) -m studbook.api.crdgen --out crds --chart charts/studbook/crds --check
+	$(PY) -m studbook.api.crdgen --out crds --chart charts/studbook/crds --docs docs/api.md --check
 
 lint: venv check-crds
 	$(DEPS)/bin/ruff check operator trainer-image tests bench

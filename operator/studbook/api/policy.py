@@ -1,0 +1,233 @@
+"""``BreedingPolicy``: the authority that admits descendants and gates their release."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from studbook.api.base import ApiModel, OneOf, Rule
+from studbook.api.common import (
+    Conditions,
+    Duration,
+    Fraction,
+    OperatorKind,
+    RiskTier,
+    ShortText,
+    Spdx,
+)
+from studbook.api.resource import CrdInfo, PrinterColumn, Resource
+
+
+class MutationBudget(ApiModel):
+    """How far one descendant may move from its parents, and what breeding it may cost."""
+
+    max_parents: Annotated[int, Field(ge=1, le=32)] = 8
+    """Most parents one descendant may have."""
+    max_lora_rank: Annotated[int, Field(ge=1, le=1024)] = 64
+    """Largest LoRA rank."""
+    max_steps: Annotated[int, Field(ge=1)] = 100_000
+    """Most optimizer steps of finetune, lora and distill."""
+    max_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    """Largest learning rate."""
+    max_prune_sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """Largest pruning sparsity."""
+    max_merge_weight: Annotated[float, Field(gt=0.0, le=10.0)] = 2.0
+    """Largest absolute merge coefficient."""
+    max_gpus: Annotated[int, Field(ge=0, le=64)] = 8
+    """Most GPUs one Job may ask for."""
+    max_gpu_hours: Annotated[float, Field(ge=0.0)] | None = None
+    """Most GPU hours one descendant may spend."""
+
+
+class CompatibilityRules(ApiModel):
+    """What parents must share beyond what weight-space operators always need.
+
+    Merges and adapter composition always need equal base family, tokenizer and architecture
+    shapes; these rules can demand more.
+    """
+
+    same_base_family_for_all: bool = False
+    """Also require one base family for ensembles and routers."""
+    same_runtime: bool = True
+    """Require parents built for one runtime."""
+
+
+class LicenseRules(ApiModel):
+    """Which licences may be bred, and which may not meet in one descendant."""
+
+    allowed: Annotated[list[Spdx], Field(max_length=64)] = []
+    """SPDX identifiers allowed for parents, data and descendants; empty allows any."""
+    incompatible: Annotated[
+        list[Annotated[list[Spdx], Field(min_length=2, max_length=2)]], Field(max_length=64)
+    ] = []
+    """Pairs of licences that may not meet in one lineage."""
+
+
+class DataRules(ApiModel):
+    """How data restrictions constrain breeding."""
+
+    forbidden_restrictions: Annotated[
+        list[Annotated[str, Field(max_length=63)]], Field(max_length=32)
+    ] = []
+    """Restrictions that bar a dataset (or a parent that inherited it) from breeding here."""
+    propagate: bool = True
+    """Descendants inherit the restrictions of their parents' data."""
+
+
+class KeySigner(ApiModel):
+    """A signer trusted by its public key."""
+
+    public_key: Annotated[str, Field(min_length=1, max_length=8192)]
+    """The PEM-encoded public key (ECDSA P-256, P-384 or P-521)."""
+
+
+class CertificateSigner(ApiModel):
+    """A signer trusted by a certificate chain to our CA and a SAN pattern."""
+
+    ca_bundle: Annotated[str, Field(min_length=1, max_length=65536)]
+    """PEM certificates of the trusted CA (root first)."""
+    san_pattern: Annotated[str, Field(min_length=1, max_length=512)]
+    """A regular expression the signing certificate's SAN must match in full."""
+
+
+class KeylessSigner(ApiModel):
+    """A sigstore keyless identity: the OIDC subject and issuer in the Fulcio certificate."""
+
+    identity: Annotated[str, Field(min_length=1, max_length=512)]
+    """The signer identity, for example
+    ``https://kubernetes.io/namespaces/studbook/serviceaccounts/signer``."""
+    issuer: Annotated[str, Field(min_length=1, max_length=512)]
+    """The OIDC issuer that vouched for it."""
+
+
+class TrustedSigner(OneOf):
+    """A signer whose signatures admit a parent; ``kind`` names how it is trusted."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63)]
+    """A name for status messages."""
+    kind: Literal["key", "certificate", "keyless"]
+    """How the signer is identified."""
+    key: KeySigner | None = None
+    """A public key."""
+    certificate: CertificateSigner | None = None
+    """A CA and SAN pattern."""
+    keyless: KeylessSigner | None = None
+    """A sigstore keyless identity."""
+
+    @classmethod
+    def _members(cls) -> dict[str, str]:
+        return {wire: attr for wire, attr in super()._members().items() if wire != "name"}
+
+
+class EvaluationGates(ApiModel):
+    """What a scorecard must show before a descendant becomes a candidate."""
+
+    min_metrics: Annotated[dict[str, float], Field(max_length=32)] = {}
+    """Lowest allowed value of metrics where higher is better, by name."""
+    max_metrics: Annotated[dict[str, float], Field(max_length=32)] = {}
+    """Highest allowed value of metrics where lower is better (perplexity, latency), by name."""
+    min_net_gain: float | None = None
+    """Least objective gain over the best parent."""
+    max_niche_regression: Fraction | None = None
+    """Largest drop on any parent's niche probe."""
+    max_calibration_error: Fraction | None = None
+    """Largest expected calibration error."""
+
+
+class TierGate(ApiModel):
+    """What releasing a model of one risk tier requires."""
+
+    tier: RiskTier
+    """The risk tier."""
+    required_approvals: Annotated[int, Field(ge=0, le=16)] = 0
+    """Approvals a Promotion must carry."""
+    min_shadow_duration: Duration | None = None
+    """Least time in shadow before canary."""
+    max_stage: Literal["shadow", "canary", "champion"] = "champion"
+    """The furthest stage a model of this tier may reach."""
+
+
+class PromotionGates(ApiModel):
+    """What a Promotion must show at each step."""
+
+    require_pass_verdict: bool = True
+    """The scorecard verdict must be ``pass``."""
+    tiers: Annotated[list[TierGate], Field(max_length=4)] = []
+    """Per-tier requirements."""
+
+    rules = (
+        Rule(
+            cel="!has(self.tiers) || self.tiers.all(a, self.tiers.exists_one(b, b.tier == a.tier))",
+            message="each risk tier may appear once in tiers",
+            check=lambda g: len({t.tier for t in g.tiers}) == len(g.tiers),
+            field_path=".tiers",
+        ),
+    )
+
+
+class BreedingPolicySpec(ApiModel):
+    """The rules every descendant that names this policy is admitted and released under."""
+
+    allowed_operators: Annotated[list[OperatorKind], Field(min_length=1, max_length=9)]
+    """Operators descendants may use."""
+    mutation_budget: MutationBudget = MutationBudget()
+    """Bounds on one descendant's variation and cost."""
+    compatibility: CompatibilityRules = CompatibilityRules()
+    """What parents must share."""
+    licenses: LicenseRules = LicenseRules()
+    """Licence rules."""
+    data: DataRules = DataRules()
+    """Data restriction rules."""
+    trusted_signers: Annotated[list[TrustedSigner], Field(min_length=1, max_length=16)]
+    """Signers whose signatures admit a parent."""
+    evaluation_gates: EvaluationGates = EvaluationGates()
+    """What a scorecard must show."""
+    promotion_gates: PromotionGates = PromotionGates()
+    """What a Promotion must show."""
+    require_signed_parents: bool = True
+    """Refuse parents without a verifying signature. Only a laboratory turns this off."""
+    owner: ShortText | None = None
+    """Who answers for this policy."""
+
+    rules = (
+        Rule(
+            cel="self.allowedOperators.all(a, self.allowedOperators.exists_one(b, b == a))",
+            message="allowedOperators must not repeat an operator",
+            check=lambda s: len(set(s.allowed_operators)) == len(s.allowed_operators),
+            field_path=".allowedOperators",
+        ),
+    )
+
+
+class BreedingPolicyStatus(ApiModel):
+    """Whether the policy is valid and in force."""
+
+    phase: Literal["Valid", "Invalid"] | None = None
+    """Whether the operator accepted the policy."""
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    """Why it is invalid."""
+    conditions: Conditions = []
+    """Valid."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The ``metadata.generation`` this status describes."""
+
+
+class BreedingPolicy(Resource):
+    """The authority: allowed operators, budgets, compatibility, licences, signers and gates."""
+
+    kind: Literal["BreedingPolicy"] = "BreedingPolicy"
+    """The resource kind."""
+    spec: BreedingPolicySpec
+    """The rules."""
+    status: BreedingPolicyStatus | None = None
+    """Whether they are in force."""
+
+    crd: ClassVar[CrdInfo] = CrdInfo(
+        plural="breedingpolicies",
+        short_names=("bpol",),
+        printer_columns=(
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Operators", ".spec.allowedOperators", priority=1),
+        ),
+    )

@@ -1,0 +1,343 @@
+"""Realistic wrong manifests, shared by the unit tests (pydantic) and the cluster tests (the API
+server must refuse the same ones with its schema and CEL rules)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+Manifest = dict[str, Any]
+
+
+def example(name: str) -> Manifest:
+    """A fresh copy of one example manifest."""
+    loaded: Manifest = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    return copy.deepcopy(loaded)
+
+
+@dataclass(frozen=True)
+class WrongManifest:
+    """A manifest with one realistic mistake, the field it is at, and words of the refusal."""
+
+    id: str
+    base: str
+    mutate: Callable[[Manifest], None]
+    field: str
+    words: str
+
+    def build(self) -> Manifest:
+        manifest = example(self.base)
+        self.mutate(manifest)
+        return manifest
+
+
+def _set(path: str, value: Any) -> Callable[[Manifest], None]:
+    def mutate(manifest: Manifest) -> None:
+        *parents, last = path.split(".")
+        node: Any = manifest
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        if value is _DELETE:
+            del node[int(last) if last.isdigit() else last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+
+def _delete(path: str) -> Callable[[Manifest], None]:
+    return _set(path, _DELETE)
+
+
+def _merge_one_parent(m: Manifest) -> None:
+    m["spec"]["parents"] = [{"name": "minilm-sentiment"}]
+    m["spec"]["operator"]["merge"] = {"method": "linear"}
+
+
+def _slerp_three_parents(m: Manifest) -> None:
+    m["spec"]["operator"]["merge"] = {"method": "slerp", "parameters": {"t": 0.5}}
+
+
+def _two_members(m: Manifest) -> None:
+    m["spec"]["operator"]["merge"] = {"method": "linear"}
+
+
+def _canary_decreasing(m: Manifest) -> None:
+    m["spec"]["strategy"]["canarySteps"][2]["weight"] = 20
+
+
+def _overlapping_roles(m: Manifest) -> None:
+    m["spec"]["datasets"][3]["digest"] = m["spec"]["datasets"][1]["digest"]
+
+
+def _duplicate_parent(m: Manifest) -> None:
+    m["spec"]["parents"].append({"name": "minilm-topic"})
+
+
+WRONG_MANIFESTS: list[WrongManifest] = [
+    WrongManifest(
+        "merge-one-parent", "ties-merge", _merge_one_parent, "spec.parents", "at least two parents"
+    ),
+    WrongManifest(
+        "slerp-three-parents",
+        "ties-merge",
+        _slerp_three_parents,
+        "spec.parents",
+        "slerp merges exactly two parents",
+    ),
+    WrongManifest(
+        "unknown-operator-kind",
+        "lora-specialist",
+        _set("spec.operator.kind", "crossbreed"),
+        "spec.operator.kind",
+        "Input should be",
+    ),
+    WrongManifest(
+        "lora-rank-zero",
+        "lora-specialist",
+        _set("spec.operator.lora.rank", 0),
+        "spec.operator.lora.rank",
+        "greater than or equal to 1",
+    ),
+    WrongManifest(
+        "lora-rank-string",
+        "lora-specialist",
+        _set("spec.operator.lora.rank", "8"),
+        "spec.operator.lora.rank",
+        "valid integer",
+    ),
+    WrongManifest(
+        "lora-no-target-modules",
+        "lora-specialist",
+        _set("spec.operator.lora.targetModules", []),
+        "spec.operator.lora.targetModules",
+        "at least 1",
+    ),
+    WrongManifest(
+        "learning-rate-negative",
+        "lora-specialist",
+        _set("spec.operator.lora.learningRate", -0.1),
+        "spec.operator.lora.learningRate",
+        "greater than 0",
+    ),
+    WrongManifest(
+        "classification-without-labels",
+        "lora-specialist",
+        _delete("spec.operator.lora.numLabels"),
+        "spec.operator.lora.numLabels",
+        "numLabels is required",
+    ),
+    WrongManifest(
+        "undeclared-dataset",
+        "lora-specialist",
+        _set("spec.operator.lora.datasets", ["tweets"]),
+        "spec.data",
+        "must be declared in data",
+    ),
+    WrongManifest(
+        "member-kind-mismatch",
+        "lora-specialist",
+        _set("spec.operator.kind", "merge"),
+        "spec.operator",
+        "exactly the member 'merge'",
+    ),
+    WrongManifest(
+        "two-members", "lora-specialist", _two_members, "spec.operator", "exactly the member 'lora'"
+    ),
+    WrongManifest(
+        "negative-canary-weight",
+        "promotion",
+        _set("spec.strategy.canarySteps.0.weight", -5),
+        "spec.strategy.canarySteps[0].weight",
+        "greater than or equal to 0",
+    ),
+    WrongManifest(
+        "canary-weight-over-100",
+        "promotion",
+        _set("spec.strategy.canarySteps.2.weight", 150),
+        "spec.strategy.canarySteps[2].weight",
+        "less than or equal to 100",
+    ),
+    WrongManifest(
+        "canary-not-increasing",
+        "promotion",
+        _canary_decreasing,
+        "spec.strategy.canarySteps",
+        "strictly increasing",
+    ),
+    WrongManifest(
+        "missing-suite-reference",
+        "lora-specialist",
+        _delete("spec.evaluationSuiteRef"),
+        "spec.evaluationSuiteRef",
+        "Field required",
+    ),
+    WrongManifest(
+        "missing-policy-reference",
+        "ties-merge",
+        _delete("spec.policyRef"),
+        "spec.policyRef",
+        "Field required",
+    ),
+    WrongManifest(
+        "ties-without-base",
+        "ties-merge",
+        _delete("spec.operator.merge.base"),
+        "spec.operator.merge.base",
+        "base is required",
+    ),
+    WrongManifest(
+        "ties-without-density",
+        "ties-merge",
+        _delete("spec.operator.merge.parameters.density"),
+        "spec.operator.merge.parameters.density",
+        "density is required",
+    ),
+    WrongManifest(
+        "merge-base-not-a-parent",
+        "ties-merge",
+        _set("spec.operator.merge.base", "llama-base"),
+        "spec.operator.merge",
+        "must name parents",
+    ),
+    WrongManifest(
+        "density-over-one",
+        "ties-merge",
+        _set("spec.operator.merge.parameters.density", 1.5),
+        "spec.operator.merge.parameters.density",
+        "less than or equal to 1",
+    ),
+    WrongManifest(
+        "unknown-merge-method",
+        "ties-merge",
+        _set("spec.operator.merge.method", "average"),
+        "spec.operator.merge.method",
+        "Input should be",
+    ),
+    WrongManifest(
+        "import-with-parents",
+        "founder-import",
+        _set("spec.parents", [{"name": "minilm-sentiment"}]),
+        "spec.parents",
+        "must be empty for operator import",
+    ),
+    WrongManifest(
+        "import-bad-digest",
+        "founder-import",
+        _set("spec.operator.import.digest", "md5:abc"),
+        "spec.operator.import.digest",
+        "should match pattern",
+    ),
+    WrongManifest(
+        "quantize-two-parents",
+        "quantization",
+        _set("spec.parents", [{"name": "a-model"}, {"name": "b-model"}]),
+        "spec.parents",
+        "exactly one parent",
+    ),
+    WrongManifest(
+        "unknown-field",
+        "lora-specialist",
+        _set("spec.operator.lora.rnak", 8),
+        "spec.operator.lora.rnak",
+        "Extra inputs are not permitted",
+    ),
+    WrongManifest(
+        "parent-name-uppercase",
+        "ties-merge",
+        _set("spec.parents.1.name", "MiniLM_Topic"),
+        "spec.parents[1].name",
+        "should match pattern",
+    ),
+    WrongManifest("duplicate-parent", "ties-merge", _duplicate_parent, "spec.parents", "unique"),
+    WrongManifest(
+        "gpus-as-string",
+        "lora-specialist",
+        _set("spec.resources.gpus", "one"),
+        "spec.resources.gpus",
+        "valid integer",
+    ),
+    WrongManifest(
+        "bad-memory-quantity",
+        "lora-specialist",
+        _set("spec.resources.memory", "lots"),
+        "spec.resources.memory",
+        "should match pattern",
+    ),
+    WrongManifest(
+        "bad-risk-tier",
+        "lora-specialist",
+        _set("spec.riskTier", "extreme"),
+        "spec.riskTier",
+        "Input should be",
+    ),
+    WrongManifest(
+        "confidence-range-reversed",
+        "lora-specialist",
+        _set("spec.niche.confidenceRange", [0.9, 0.5]),
+        "spec.niche.confidenceRange",
+        "low <= high",
+    ),
+    WrongManifest(
+        "suite-holdout-leak", "suite", _overlapping_roles, "spec.datasets", "must not overlap"
+    ),
+    WrongManifest(
+        "suite-metric-unknown-dataset",
+        "suite",
+        _set("spec.metrics.0.dataset", "imdb-gate"),
+        "spec.datasets",
+        "must name datasets",
+    ),
+    WrongManifest(
+        "suite-bad-version",
+        "suite",
+        _set("spec.version", "v1"),
+        "spec.version",
+        "should match pattern",
+    ),
+    WrongManifest(
+        "policy-no-operators",
+        "policy",
+        _set("spec.allowedOperators", []),
+        "spec.allowedOperators",
+        "at least 1",
+    ),
+    WrongManifest(
+        "policy-signer-without-member",
+        "policy",
+        _delete("spec.trustedSigners.0.keyless"),
+        "spec.trustedSigners[0]",
+        "exactly the member 'keyless'",
+    ),
+    WrongManifest(
+        "run-elites-exceed-population",
+        "breeding-run",
+        _set("spec.selection.elites", 12),
+        "spec.selection.elites",
+        "smaller than budget.population",
+    ),
+    WrongManifest(
+        "run-range-reversed",
+        "breeding-run",
+        _set("spec.searchSpace.weightRange", {"min": 2.0, "max": 0.5}),
+        "spec.searchSpace.weightRange.min",
+        "min must not exceed max",
+    ),
+    WrongManifest(
+        "run-generations-string",
+        "breeding-run",
+        _set("spec.budget.generations", "eight"),
+        "spec.budget.generations",
+        "valid integer",
+    ),
+]
