@@ -64,7 +64,7 @@ lint: venv check-crds
 	$(DEPS)/bin/ruff check operator trainer-image tests bench
 	$(DEPS)/bin/ruff format --check operator trainer-image tests bench
 	$(PY) -m mypy operator/studbook trainer-image/studbook_trainer
-	$(PY) -m importlinter.cli --config pyproject.toml
+	$(PY) -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --config pyproject.toml
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
