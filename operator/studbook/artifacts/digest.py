@@ -229,8 +229,7 @@ def hash_files(
     hashed: list[HashedFile] = []
     for path, size in sorted(files):
         shards = tuple(
-            Shard(path, s, e, results[(path, s)])
-            for s, e in shard_ranges(size, params.shard_size)
+            Shard(path, s, e, results[(path, s)]) for s, e in shard_ranges(size, params.shard_size)
         )
         entry = FileEntry(path, size, file_digest(size, [s.sha256 for s in shards]))
         hashed.append(HashedFile(entry, shards))
