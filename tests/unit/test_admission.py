@@ -1,0 +1,216 @@
+"""Admission decisions, table-tested on the examples with one change each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from tests.builders import Body, Parent
+
+from studbook.api import reasons
+from studbook.breeding.admission import ParentFacts, admit
+
+TIES_PARENTS = ("minilm-base", "minilm-sentiment", "minilm-topic")
+
+
+def _facts(*parents: Parent) -> dict[str, ParentFacts | None]:
+    return {p.fields["name"]: p.build() for p in parents}
+
+
+def _ties_parents() -> list[Parent]:
+    return [Parent(name) for name in TIES_PARENTS]
+
+
+@dataclass
+class Case:
+    id: str
+    body: Body
+    parents: dict[str, ParentFacts | None]
+    reason: str | None
+    field: str = ""
+    words: str = ""
+    policy: Body | None = None
+
+
+def _cases() -> list[Case]:
+    ties = _ties_parents
+    return [
+        Case("ties-admitted", Body.of("ties-merge"), _facts(*ties()), None),
+        Case("lora-admitted", Body.of("lora-specialist"), _facts(Parent("minilm-base")), None),
+        Case("founder-admitted", Body.of("founder-import"), {}, None),
+        Case(
+            "operator-forbidden",
+            Body.of("ties-merge"),
+            _facts(*ties()),
+            reasons.OPERATOR_FORBIDDEN,
+            "spec.operator.kind",
+            "not allowed by the policy",
+            Body.of("policy").set("spec.allowedOperators", ["import", "lora"]),
+        ),
+        Case(
+            "lora-rank-over-budget",
+            Body.of("lora-specialist").set("spec.operator.lora.rank", 128),
+            _facts(Parent("minilm-base")),
+            reasons.BUDGET_EXCEEDED,
+            "spec.operator.lora.rank",
+            "LoRA rank 128 exceeds the budget of 64",
+        ),
+        Case(
+            "learning-rate-over-budget",
+            Body.of("lora-specialist").set("spec.operator.lora.learningRate", 0.01),
+            _facts(Parent("minilm-base")),
+            reasons.BUDGET_EXCEEDED,
+            "spec.operator.lora.learningRate",
+            "exceeds the budget",
+        ),
+        Case(
+            "merge-weight-over-budget",
+            Body.of("ties-merge").set("spec.operator.merge.overrides.0.weights.1.weight", 3.0),
+            _facts(*ties()),
+            reasons.BUDGET_EXCEEDED,
+            "spec.operator.merge.overrides[0].weights[1].weight",
+            "merge weight 3",
+        ),
+        Case(
+            "gpus-over-budget",
+            Body.of("lora-specialist").set("spec.resources.gpus", 16),
+            _facts(Parent("minilm-base")),
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.gpus",
+            "GPUs 16",
+        ),
+        Case(
+            "parent-missing",
+            Body.of("ties-merge"),
+            {**_facts(*ties()), "minilm-topic": None},
+            reasons.PARENT_NOT_FOUND,
+            "spec.parents[2]",
+            "'minilm-topic' does not exist",
+        ),
+        Case(
+            "parent-unsigned",
+            Body.of("ties-merge"),
+            _facts(*ties()[:2], Parent("minilm-topic").with_(signed=False)),
+            reasons.PARENT_UNSIGNED,
+            "spec.parents[2]",
+            "no signature by a signer the policy trusts",
+        ),
+        Case(
+            "parent-tampered",
+            Body.of("ties-merge"),
+            _facts(Parent("minilm-base").with_(intact=False), *ties()[1:]),
+            reasons.PARENT_TAMPERED,
+            "spec.parents[0]",
+            "no longer hash",
+        ),
+        Case(
+            "parent-pin-mismatch",
+            Body.of("lora-specialist").set("spec.parents.0.artifactId", "sha256:" + "ab" * 32),
+            _facts(Parent("minilm-base")),
+            reasons.PARENT_PIN_MISMATCH,
+            "spec.parents[0].artifactId",
+            "not the pinned",
+        ),
+        Case(
+            "merge-different-tokenizers",
+            Body.of("ties-merge"),
+            _facts(*ties()[:2], Parent("minilm-topic").compatible(tokenizerId="gpt2-bpe-50257")),
+            reasons.INCOMPATIBLE_PARENTS,
+            "spec.compatibility.tokenizerId",
+            "parents differ in tokenizerId",
+        ),
+        Case(
+            "merge-different-architectures",
+            Body.of("ties-merge"),
+            _facts(*ties()[:2], Parent("minilm-topic").compatible(architecture="LlamaForCausalLM")),
+            reasons.INCOMPATIBLE_PARENTS,
+            "spec.compatibility.architecture",
+            "merge needs it equal",
+        ),
+        Case(
+            "lora-declares-other-family",
+            Body.of("lora-specialist").set("spec.compatibility.baseFamily", "llama-3.1-8b"),
+            _facts(Parent("minilm-base")),
+            reasons.INCOMPATIBLE_PARENTS,
+            "spec.compatibility.baseFamily",
+            "declares 'llama-3.1-8b' but the parents have 'minilm-l6'",
+        ),
+        Case(
+            "licence-conflict-between-parents",
+            Body.of("ties-merge"),
+            _facts(*ties()[:2], Parent("minilm-topic").with_(license="CC-BY-SA-4.0")),
+            reasons.LICENSE_CONFLICT,
+            "spec.license",
+            "may not meet in one lineage",
+        ),
+        Case(
+            "licence-not-allowed",
+            Body.of("lora-specialist").set("spec.license", "LicenseRef-Proprietary"),
+            _facts(Parent("minilm-base")),
+            reasons.LICENSE_CONFLICT,
+            "spec.license",
+            "is not allowed by the policy",
+        ),
+        Case(
+            "restricted-data",
+            Body.of("lora-specialist").set("spec.data.0.restrictions", ["pii-unredacted"]),
+            _facts(Parent("minilm-base")),
+            reasons.DATA_RESTRICTED,
+            "spec.data[0].restrictions",
+            "'pii-unredacted', which the policy forbids",
+        ),
+        Case(
+            "restriction-inherited-from-parent",
+            Body.of("quantization"),
+            _facts(Parent("minilm-sentiment").with_(restrictions=frozenset({"no-derivatives"}))),
+            reasons.DATA_RESTRICTED,
+            "spec.parents",
+            "carries restriction 'no-derivatives'",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c.id)
+def test_admission(case: Case) -> None:
+    policy = (case.policy or Body.of("policy")).policy().spec
+    decision = admit(case.body.descendant().spec, policy, case.parents)
+    if case.reason is None:
+        assert decision.admitted, [str(r) for r in decision.refusals]
+        return
+    assert not decision.admitted
+    assert any(
+        r.reason == case.reason and r.field == case.field and case.words in r.message
+        for r in decision.refusals
+    ), [str(r) for r in decision.refusals]
+
+
+def test_parent_not_ready_is_waited_for_not_refused() -> None:
+    parents = _facts(
+        Parent("minilm-base"), Parent("minilm-sentiment").with_(ready=False), Parent("minilm-topic")
+    )
+    decision = admit(
+        Body.of("ties-merge").descendant().spec, Body.of("policy").policy().spec, parents
+    )
+    assert decision.refusals == ()
+    assert decision.waiting_for == ("minilm-sentiment",)
+    assert not decision.admitted
+
+
+def test_unsigned_parent_admitted_when_policy_does_not_require_signatures() -> None:
+    policy = Body.of("policy").set("spec.requireSignedParents", False).policy().spec
+    parents = _facts(Parent("minilm-base").with_(signed=False))
+    assert admit(Body.of("lora-specialist").descendant().spec, policy, parents).admitted
+
+
+def test_every_refusal_is_reported_and_restrictions_inherited() -> None:
+    body = (
+        Body.of("lora-specialist")
+        .set("spec.operator.lora.rank", 512)
+        .set("spec.operator.lora.steps", 1_000_000)
+        .set("spec.data.0.restrictions", ["research-only"])
+    )
+    parents = _facts(Parent("minilm-base").with_(restrictions=frozenset({"eu-only"})))
+    decision = admit(body.descendant().spec, Body.of("policy").policy().spec, parents)
+    fields = {r.field for r in decision.refusals}
+    assert {"spec.operator.lora.rank", "spec.operator.lora.steps"} <= fields
+    assert decision.restrictions == {"research-only", "eu-only"}
