@@ -15,6 +15,7 @@ from tests.manifests import EXAMPLES, WRONG_MANIFESTS, example
 
 from studbook.api import KINDS, ManifestError, parse_manifest
 from studbook.api.crdgen import crd, crd_filename, reference
+from studbook.api.scorecard import scorecard_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
@@ -49,6 +50,8 @@ def test_committed_crds_equal_generated() -> None:
         chart = ROOT / "charts" / "studbook" / "crds" / crd_filename(cls)
         assert chart.read_text() == (ROOT / "crds" / crd_filename(cls)).read_text()
     assert (ROOT / "docs" / "api.md").read_text() == reference(list(KINDS.values()))
+    published = json.loads((ROOT / "docs" / "scorecard.schema.json").read_text())
+    assert published == scorecard_json_schema()
 
 
 def _walk(node: Any, path: str = "") -> Any:

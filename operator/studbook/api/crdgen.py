@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 from studbook import GROUP, VERSION
 from studbook.api import KINDS
 from studbook.api.resource import Resource
+from studbook.api.scorecard import scorecard_json_schema
 
 Schema = dict[str, Any]
 
@@ -201,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="directory of the CRD YAML")
     parser.add_argument("--chart", type=Path, help="the Helm chart's crds/ directory")
-    parser.add_argument("--docs", type=Path, help="the Markdown API reference to write")
+    parser.add_argument(
+        "--docs", type=Path, help="the Markdown API reference (the scorecard schema goes beside it)"
+    )
     parser.add_argument("--check", action="store_true", help="fail if files differ")
     args = parser.parse_args(argv)
     classes = list(KINDS.values())
@@ -210,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         files.update({directory / name: text for name, text in render(classes).items()})
     if args.docs:
         files[args.docs] = reference(classes)
+        schema = json.dumps(scorecard_json_schema(), indent=2, sort_keys=True) + "\n"
+        files[args.docs.parent / "scorecard.schema.json"] = schema
     stale = []
     for path, text in files.items():
         current = path.read_text() if path.exists() else ""
