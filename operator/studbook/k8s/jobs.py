@@ -1,0 +1,229 @@
+"""Builders of the Kubernetes objects a Descendant runs: task ConfigMaps, Jobs, NetworkPolicies.
+
+The breed pod is untrusted: it runs as non-root on a read-only root filesystem, gets no
+service-account token, and a NetworkPolicy lets it reach nothing but the artifact store. Only the
+sign Job sees signing material. Every object is owned by its Descendant, so deleting the
+Descendant removes its Jobs (never the sealed artifact, which lives in the store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from studbook import GROUP
+from studbook.api.descendant import Descendant
+
+Purpose = Literal["breed", "evaluate", "sign"]
+Body = dict[str, Any]
+
+LABEL_DESCENDANT = f"{GROUP}/descendant"
+LABEL_PURPOSE = f"{GROUP}/purpose"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
+TASK_MOUNT = "/etc/studbook/task"
+WORK_MOUNT = "/work"
+NON_ROOT_UID = 65532
+
+COMMANDS: dict[Purpose, tuple[str, ...]] = {
+    "breed": ("python", "-m", "studbook_trainer", "run"),
+    "evaluate": ("python", "-m", "studbook_trainer", "evaluate"),
+    "sign": ("python", "-m", "studbook", "sign-task"),
+}
+"""What each step's container runs; the task file follows as ``--task``."""
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Operator-wide settings of the Jobs it creates."""
+
+    trainer_image: str
+    """The trainer image that breed and evaluate Jobs run."""
+    operator_image: str
+    """The operator image that sign Jobs run: signing never happens in the trainer image."""
+    artifact_volume: Body
+    """The volume the artifact store is mounted from (a PVC, or any volume source)."""
+    store_egress: tuple[Body, ...] = ()
+    """NetworkPolicy egress rules that reach the artifact store; nothing else is reachable."""
+    signing_secret: str | None = None
+    """The Secret with signing material, mounted only into sign Jobs."""
+    image_pull_policy: str = "IfNotPresent"
+    """Pull policy of the trainer image."""
+    extra_env: tuple[tuple[str, str], ...] = field(default=())
+    """Environment given to every container."""
+
+
+def object_name(descendant: str, purpose: Purpose, attempt: int) -> str:
+    """A stable, DNS-safe name for a descendant's Job: the same inputs give the same name.
+
+    Level-based reconciliation relies on this: creating a Job that exists already is a no-op, so
+    a restarted operator never makes a duplicate.
+    """
+    name = f"{descendant}-{purpose}-{attempt}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return (
+        f"{descendant[: 63 - len(purpose) - len(str(attempt)) - 11]}-{digest}-{purpose}-{attempt}"
+    )
+
+
+def owner_reference(owner: Descendant) -> Body:
+    """The owner reference that ties a child to its Descendant (garbage collection)."""
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.metadata.name,
+        "uid": owner.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _labels(owner: Descendant, purpose: Purpose, attempt: int) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/managed-by": "studbook",
+        "app.kubernetes.io/component": f"{purpose}",
+        LABEL_DESCENDANT: owner.metadata.name,
+        LABEL_PURPOSE: purpose,
+        LABEL_ATTEMPT: str(attempt),
+    }
+    if owner.spec.resources.queue_name:
+        labels[LABEL_QUEUE] = owner.spec.resources.queue_name
+    return labels
+
+
+def task_config_map(owner: Descendant, purpose: Purpose, attempt: int, task_json: str) -> Body:
+    """The ConfigMap holding a Job's task file."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": object_name(owner.metadata.name, purpose, attempt),
+            "namespace": owner.metadata.namespace,
+            "labels": _labels(owner, purpose, attempt),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "data": {"task.json": task_json},
+    }
+
+
+def _resources(owner: Descendant, purpose: Purpose) -> Body:
+    spec = owner.spec.resources
+    amounts: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory}
+    if spec.ephemeral_storage:
+        amounts["ephemeral-storage"] = spec.ephemeral_storage
+    # Signing needs no accelerator; breeding and evaluation get the GPUs asked for.
+    if spec.gpus and purpose != "sign":
+        amounts["nvidia.com/gpu"] = str(spec.gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings) -> Body:
+    """The Job that runs one step (breed, evaluate or sign) of a descendant."""
+    name = object_name(owner.metadata.name, purpose, attempt)
+    resources = owner.spec.resources
+    labels = _labels(owner, purpose, attempt)
+    node_selector = dict(resources.node_selector or {})
+    if resources.gpu_type and purpose != "sign":
+        node_selector[LABEL_GPU_PRODUCT] = resources.gpu_type
+    volumes: list[Body] = [
+        {"name": "task", "configMap": {"name": name}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "artifacts", **settings.artifact_volume},
+    ]
+    mounts: list[Body] = [
+        {"name": "task", "mountPath": TASK_MOUNT, "readOnly": True},
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "artifacts", "mountPath": WORK_MOUNT},
+    ]
+    if purpose == "sign" and settings.signing_secret:
+        volumes.append({"name": "signing", "secret": {"secretName": settings.signing_secret}})
+        mounts.append({"name": "signing", "mountPath": "/etc/studbook/signing", "readOnly": True})
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+    env += [{"name": key, "value": value} for key, value in settings.extra_env]
+    pod_spec: Body = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NON_ROOT_UID,
+            "runAsGroup": NON_ROOT_UID,
+            "fsGroup": NON_ROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": purpose,
+                "image": settings.operator_image if purpose == "sign" else settings.trainer_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": list(COMMANDS[purpose]),
+                "args": ["--task", f"{TASK_MOUNT}/task.json"],
+                "env": env,
+                "resources": _resources(owner, purpose),
+                "volumeMounts": mounts,
+                "securityContext": {
+                    "readOnlyRootFilesystem": True,
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in resources.tolerations]
+    if resources.priority_class_name:
+        pod_spec["priorityClassName"] = resources.priority_class_name
+    job_spec: Body = {
+        # Studbook retries with its own backoff and a new Job per attempt, so each attempt's
+        # outcome stays visible; the Job itself never retries.
+        "backoffLimit": 0,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if resources.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = resources.active_deadline_seconds
+    if resources.queue_name:
+        # Kueue admits suspended Jobs when quota allows.
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": owner.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": job_spec,
+    }
+
+
+def breed_network_policy(owner: Descendant, settings: JobSettings) -> Body:
+    """Deny every connection of the descendant's untrusted pods except to the artifact store."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{owner.metadata.name[:50]}-untrusted",
+            "namespace": owner.metadata.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "studbook"},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "podSelector": {
+                "matchLabels": {LABEL_DESCENDANT: owner.metadata.name},
+                "matchExpressions": [
+                    {"key": LABEL_PURPOSE, "operator": "In", "values": ["breed", "evaluate"]}
+                ],
+            },
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": list(settings.store_egress),
+        },
+    }

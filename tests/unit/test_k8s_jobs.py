@@ -1,0 +1,101 @@
+"""The Jobs a Descendant runs: untrusted breeding pods, owned children, stable names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.builders import Body
+
+from studbook.api import Descendant
+from studbook.k8s.jobs import (
+    JobSettings,
+    breed_network_policy,
+    job,
+    object_name,
+    task_config_map,
+)
+
+SETTINGS = JobSettings(
+    trainer_image="registry.example.com/studbook-trainer:0.1.0",
+    operator_image="registry.example.com/studbook:0.1.0",
+    artifact_volume={"persistentVolumeClaim": {"claimName": "studbook-artifacts"}},
+    store_egress=({"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 9000}]},),
+    signing_secret="studbook-signing-key",
+)
+
+
+def _descendant(**changes: Any) -> Descendant:
+    body = Body.of("lora-specialist").set("metadata.uid", "0b7c1a52-6f0e-4c5e-9d1f-3a2b1c0d9e8f")
+    for path, value in changes.items():
+        body.set(path, value)
+    return body.descendant()
+
+
+def _pod(job_body: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = job_body["spec"]["template"]["spec"]
+    return pod
+
+
+def test_breed_pod_is_untrusted() -> None:
+    body = job(_descendant(), "breed", 1, SETTINGS)
+    pod = _pod(body)
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert all("secret" not in v for v in pod["volumes"]), "breed pods never see secrets"
+    assert container["command"] == ["python", "-m", "studbook_trainer", "run"]
+    assert container["image"] == SETTINGS.trainer_image
+
+
+def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
+    body = job(_descendant(), "breed", 1, SETTINGS)
+    pod = _pod(body)
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["priorityClassName"] == "batch-low"
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "breeding"
+    assert body["spec"]["suspend"] is True
+    assert body["spec"]["backoffLimit"] == 0
+
+
+def test_sign_job_alone_sees_signing_material_and_no_gpu() -> None:
+    body = job(_descendant(), "sign", 1, SETTINGS)
+    pod = _pod(body)
+    assert {"name": "signing", "secret": {"secretName": "studbook-signing-key"}} in pod["volumes"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "nodeSelector" not in pod
+    assert pod["containers"][0]["image"] == SETTINGS.operator_image
+
+
+@pytest.mark.parametrize("purpose", ["breed", "evaluate", "sign"])
+def test_children_are_owned_by_the_descendant(purpose: Any) -> None:
+    owner = _descendant()
+    for child in (job(owner, purpose, 2, SETTINGS), task_config_map(owner, purpose, 2, "{}")):
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref["kind"] == "Descendant" and ref["uid"] == owner.metadata.uid
+        assert ref["controller"] is True
+        assert child["metadata"]["name"] == f"minilm-sentiment-{purpose}-2"
+
+
+def test_names_are_stable_and_fit_a_label() -> None:
+    long = "a" * 60
+    assert object_name(long, "evaluate", 12) == object_name(long, "evaluate", 12)
+    assert object_name(long, "evaluate", 12) != object_name(long, "evaluate", 13)
+    assert len(object_name(long, "evaluate", 12)) <= 63
+
+
+def test_network_policy_allows_only_the_store() -> None:
+    policy = breed_network_policy(_descendant(), SETTINGS)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["egress"] == list(SETTINGS.store_egress)
+    selector = policy["spec"]["podSelector"]
+    assert selector["matchLabels"] == {"breeding.studbook.dev/descendant": "minilm-sentiment"}
