@@ -1,0 +1,306 @@
+"""The test control plane is a real one: apiserver validation, scheduling, controllers, RBAC.
+
+Each test checks a behaviour that only the real components have, so a broken or faked piece
+shows up here first.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.cluster.controlplane import (
+    FAKE_NODES,
+    GPU_RESOURCE,
+    LOCAL_NODE,
+    LOCAL_NODE_LABEL,
+    LOCAL_NODE_TAINT,
+    ControlPlane,
+)
+from tests.cluster.fixtures import load_crds
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION = "breeding.studbook.dev", "v1alpha1"
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.2
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def job_condition(batch: client.BatchV1Api, name: str, namespace: str) -> str | None:
+    """The Job's terminal condition type (Complete or Failed), if it has one."""
+    job = batch.read_namespaced_job_status(name, namespace)
+    for cond in job.status.conditions or []:
+        if cond.type in ("Complete", "Failed") and cond.status == "True":
+            return str(cond.type)
+    return None
+
+
+def job_body(name: str, container: dict[str, Any], **pod_spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [container], **pod_spec}},
+        },
+    }
+
+
+LOCAL_PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {LOCAL_NODE_LABEL[0]: LOCAL_NODE_LABEL[1]},
+    "tolerations": [{**LOCAL_NODE_TAINT, "operator": "Equal"}],
+}
+
+
+def test_every_crd_applies_and_is_established(cluster: ControlPlane, kube: client.ApiClient):
+    crds = load_crds()
+    assert crds, "crds/ holds no CustomResourceDefinition"
+    ext = client.ApiextensionsV1Api(kube)
+    custom = client.CustomObjectsApi(kube)
+    for crd in crds:
+        name = crd["metadata"]["name"]  # type: ignore[index]
+        assert name in cluster.crd_names
+        served = ext.read_custom_resource_definition(name)
+        conditions = {c.type: c.status for c in served.status.conditions}
+        assert conditions.get("Established") == "True", (name, conditions)
+        assert conditions.get("NamesAccepted") == "True", (name, conditions)
+        # Established means the apiserver serves the new resource: listing it works.
+        listing = custom.list_cluster_custom_object(GROUP, VERSION, served.spec.names.plural)
+        assert listing["items"] == []
+
+
+def test_gpu_job_is_scheduled_on_a_fake_gpu_node_and_completes(
+    kube: client.ApiClient, namespace: str
+):
+    batch, core = client.BatchV1Api(kube), client.CoreV1Api(kube)
+    container = {
+        "name": "train",
+        "image": "studbook/trainer:test",
+        "command": ["python", "-m", "studbook_trainer"],
+        "resources": {"limits": {GPU_RESOURCE: "1"}},
+    }
+    batch.create_namespaced_job(namespace, job_body("gpu-train", container))
+
+    assert (
+        wait_for("Job gpu-train to finish", lambda: job_condition(batch, "gpu-train", namespace))
+        == "Complete"
+    )
+    pods = core.list_namespaced_pod(namespace, label_selector="job-name=gpu-train").items
+    assert len(pods) == 1
+    node = pods[0].spec.node_name
+    assert GPU_RESOURCE in FAKE_NODES[node], f"scheduled on {node}, which has no GPUs"
+    assert pods[0].status.phase == "Succeeded"
+
+
+def test_job_asking_for_more_gpus_than_any_node_stays_pending(
+    kube: client.ApiClient, namespace: str
+):
+    batch, core = client.BatchV1Api(kube), client.CoreV1Api(kube)
+    most = max(int(capacity.get(GPU_RESOURCE, "0")) for capacity in FAKE_NODES.values())
+    container = {
+        "name": "train",
+        "image": "studbook/trainer:test",
+        "command": ["python", "-m", "studbook_trainer"],
+        "resources": {"limits": {GPU_RESOURCE: str(most + 1)}},
+    }
+    batch.create_namespaced_job(namespace, job_body("too-big", container))
+
+    def unschedulable() -> client.V1Pod | None:
+        for pod in core.list_namespaced_pod(namespace, label_selector="job-name=too-big").items:
+            for cond in pod.status.conditions or []:
+                if cond.type == "PodScheduled" and cond.reason == "Unschedulable":
+                    return pod
+        return None
+
+    pod = wait_for("the scheduler to report the pod Unschedulable", unschedulable)
+    assert pod.status.phase == "Pending"
+    assert pod.spec.node_name is None
+    message = next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
+    assert GPU_RESOURCE in message
+    assert job_condition(batch, "too-big", namespace) is None
+
+
+def test_deleting_an_owner_garbage_collects_its_children(kube: client.ApiClient, namespace: str):
+    core = client.CoreV1Api(kube)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    for i in range(3):
+        core.create_namespaced_config_map(
+            namespace, {"metadata": {"name": f"child-{i}", "ownerReferences": [ref]}}
+        )
+    core.delete_namespaced_config_map("owner", namespace)
+
+    def children_gone() -> bool:
+        names = {cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items}
+        return not names & {"child-0", "child-1", "child-2"}
+
+    wait_for("the garbage collector to delete the children", children_gone)
+
+
+def test_service_account_without_rights_gets_403(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str
+):
+    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
+    token = core.create_namespaced_service_account_token(
+        "nobody", namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+
+    cfg = client.Configuration()
+    cfg.host = cluster.server
+    cfg.ssl_ca_cert = str(cluster.workdir / "pki" / "ca.crt")
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    with client.ApiClient(cfg) as as_nobody:
+        with pytest.raises(ApiException) as refused:
+            client.CoreV1Api(as_nobody).list_namespaced_pod(namespace)
+        assert refused.value.status == 403
+        assert f"system:serviceaccount:{namespace}:nobody" in str(refused.value.body)
+
+        # RBAC, not a blanket refusal: a RoleBinding opens exactly what it grants.
+        rbac.create_namespaced_role(
+            namespace,
+            {
+                "metadata": {"name": "pod-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
+            },
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "nobody-reads-pods"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "pod-reader",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}],
+            },
+        )
+
+        def can_list() -> bool:
+            try:
+                client.CoreV1Api(as_nobody).list_namespaced_pod(namespace)
+            except ApiException as exc:
+                assert exc.status == 403
+                return False
+            return True
+
+        wait_for("the RoleBinding to take effect", can_list, timeout=10)
+        with pytest.raises(ApiException) as still_refused:
+            client.CoreV1Api(as_nobody).list_namespaced_secret(namespace)
+        assert still_refused.value.status == 403
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_pod_runner_runs_a_real_command_and_reports_its_exit_code(
+    kube: client.ApiClient, namespace: str, tmp_path: Path, exit_code: int
+):
+    core = client.CoreV1Api(kube)
+    script = (
+        "import os, pathlib, sys;"
+        "pathlib.Path('out/result.txt').write_text(os.environ['GREETING'] + ' ' + os.getcwd());"
+        f"print('exiting with', {exit_code}); sys.exit({exit_code})"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "local"},
+        "spec": {
+            "restartPolicy": "Never",
+            **LOCAL_PLACEMENT,
+            "volumes": [{"name": "work", "hostPath": {"path": str(tmp_path)}}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "ignored:latest",
+                    "command": ["python", "-c", script],
+                    "env": [{"name": "GREETING", "value": "hello from $(POD_NAME)"}],
+                    "workingDir": "/workspace",
+                    "volumeMounts": [{"name": "work", "mountPath": "/workspace"}],
+                }
+            ],
+        },
+    }
+    pod["spec"]["containers"][0]["env"].insert(
+        0, {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    )
+    (tmp_path / "out").mkdir()
+    core.create_namespaced_pod(namespace, pod)
+
+    def finished() -> client.V1Pod | None:
+        current = core.read_namespaced_pod_status("local", namespace)
+        return current if current.status.phase in ("Succeeded", "Failed") else None
+
+    done = wait_for("the local pod to finish", finished)
+    assert done.spec.node_name == LOCAL_NODE
+    assert done.status.phase == ("Succeeded" if exit_code == 0 else "Failed")
+    terminated = done.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == exit_code
+    assert terminated.reason == ("Completed" if exit_code == 0 else "Error")
+    # The process really ran here, in the mounted directory, with the pod's env.
+    assert (tmp_path / "out" / "result.txt").read_text() == f"hello from local {tmp_path}"
+
+
+@pytest.mark.parametrize(("exit_code", "outcome"), [(0, "Complete"), (1, "Failed")])
+def test_job_on_the_local_node_runs_for_real(
+    kube: client.ApiClient, namespace: str, exit_code: int, outcome: str
+):
+    batch = client.BatchV1Api(kube)
+    container = {
+        "name": "train",
+        "image": "ignored:latest",
+        "command": ["python", "-c", f"import sys; sys.exit({exit_code})"],
+        "resources": {"limits": {GPU_RESOURCE: "1"}},
+    }
+    batch.create_namespaced_job(namespace, job_body("local-train", container, **LOCAL_PLACEMENT))
+    assert (
+        wait_for("the Job to finish", lambda: job_condition(batch, "local-train", namespace))
+        == outcome
+    )
+
+
+# -- the API server enforces the CRDs' schemas and CEL rules ---------------------------------
+
+try:
+    from tests.manifests import WRONG_MANIFESTS, WrongManifest, example
+except ImportError:  # the manifests module arrives with the foundation issue
+    WRONG_MANIFESTS, WrongManifest, example = [], None, None  # type: ignore[assignment]
+
+
+def _plural(kind: str) -> str:
+    for crd in load_crds():
+        names = crd["spec"]["names"]  # type: ignore[index]
+        if names["kind"] == kind:
+            return str(names["plural"])
+    raise AssertionError(f"no CRD for kind {kind}")
+
+
+def _create(kube: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(manifest)
+    body["metadata"]["namespace"] = namespace
+    # Strict, as kubectl does: unknown fields are refused instead of silently pruned.
+    return client.CustomObjectsApi(kube).create_namespaced_custom_object(  # type: ignore[no-any-return]
+        GROUP, VERSION, namespace, _plural(body["kind"]), body, field_validation="Strict"
+    )
