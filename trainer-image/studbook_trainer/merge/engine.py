@@ -1,0 +1,158 @@
+"""The streaming merge engine: one tensor at a time from lazily opened parents into shards.
+
+Peak memory is a few row chunks per parent, plus one float32 copy of one tensor for methods
+that rank a whole task vector (TIES, breadcrumbs). Output bytes depend only on the inputs, the
+plan and the compute device type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from studbook_trainer.merge.compat import TOKENIZER_FILES, check_compatible
+from studbook_trainer.merge.inputs import ReaderInputs
+from studbook_trainer.merge.io import DTYPES, ModelReader, OutputTensor, ShardedWriter
+from studbook_trainer.merge.methods import MergeConfigError, get_method
+from studbook_trainer.merge.plan import MergePlan
+
+log = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+COPIED_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
+"""Small files copied from the base (else the first parent) into the output."""
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """What a merge did."""
+
+    method: str
+    tensors: int
+    bytes_written: int
+    seconds: float
+    device: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "method": self.method,
+            "tensors": self.tensors,
+            "bytesWritten": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+        }
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto``: the first CUDA device when present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _num_layers(config: dict[str, Any] | None, names: list[str]) -> int:
+    from studbook_trainer.merge.plan import layer_index
+
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if config and isinstance(config.get(key), int):
+            return int(config[key])
+    indices = [i for n in names if (i := layer_index(n)) is not None]
+    return max(indices) + 1 if indices else 1
+
+
+def merge(
+    plan: MergePlan,
+    out_dir: Path,
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> MergeReport:
+    """Merge ``plan`` into ``out_dir`` (created; must not exist or be empty).
+
+    Incompatible parents and bad coefficients are refused before any tensor data is read.
+    """
+    started = time.monotonic()
+    method = get_method(plan.method)
+    method.check_shape(len(plan.parents), plan.base is not None)
+    if plan.dtype is not None and plan.dtype not in _DTYPE_NAMES:
+        raise MergeConfigError(f"unsupported output dtype {plan.dtype!r}")
+    device = pick_device(plan.device)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty")
+    with ExitStack() as stack:
+        parents = [stack.enter_context(ModelReader(p.path)) for p in plan.parents]
+        base = stack.enter_context(ModelReader(plan.base.path)) if plan.base else None
+        models = [(p.name, r) for p, r in zip(plan.parents, parents, strict=True)]
+        if plan.base is not None and base is not None:
+            models.insert(0, (plan.base.name, base))
+        check_compatible(models, allow_dtype_mismatch=plan.dtype is not None)
+        ref = models[0][1]
+        names = list(ref.tensors)
+        num_layers = _num_layers(ref.config, names)
+        defaults = method.defaults()
+        resolved = {}
+        for name in names:
+            if ref.tensors[name].floating:
+                tp = plan.tensor_params(name, num_layers, defaults)
+                method.check_params(tp, name)
+                resolved[name] = tp
+        outputs = [
+            OutputTensor(
+                name,
+                _DTYPE_NAMES[plan.dtype]
+                if plan.dtype is not None and ref.tensors[name].floating
+                else ref.tensors[name].dtype,
+                ref.tensors[name].shape,
+            )
+            for name in names
+        ]
+        log.info(
+            "merging %d tensors of %d parents%s with %s on %s",
+            len(names),
+            len(parents),
+            " and a base" if base is not None else "",
+            method.name,
+            device,
+        )
+        writer = ShardedWriter(out_dir, outputs, max_shard_bytes=plan.max_shard_bytes)
+        try:
+            for n, out in enumerate(outputs):
+                writer.begin(out.name)
+                dtype = DTYPES[out.dtype]
+                if out.name not in resolved:
+                    writer.write(ref.get(out.name))
+                else:
+                    inputs = ReaderInputs(out.name, parents, base, device, plan.seed)
+                    for piece in method.merge_tensor(inputs, resolved[out.name]):
+                        writer.write(piece.to(dtype))
+                if progress is not None:
+                    progress(n + 1, len(outputs), out.name)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        for file in COPIED_FILES:
+            if (ref.root / file).is_file():
+                shutil.copyfile(ref.root / file, out_dir / file)
+        if plan.dtype is not None and (out_dir / "config.json").is_file():
+            config = json.loads((out_dir / "config.json").read_text())
+            for key in ("torch_dtype", "dtype"):
+                if key in config:
+                    config[key] = plan.dtype
+            (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return MergeReport(
+        method=method.name,
+        tensors=len(outputs),
+        bytes_written=writer.total_size,
+        seconds=time.monotonic() - started,
+        device=str(device),
+    )
