@@ -204,7 +204,5 @@ class LineageGraph:
                 "rendering needs Graphviz's dot on the PATH; export DOT or Mermaid instead"
             )
         kind = fmt or out.suffix.lstrip(".") or "svg"
-        subprocess.run(
-            [dot, f"-T{kind}", "-o", str(out)], input=self.to_dot().encode(), check=True
-        )
+        subprocess.run([dot, f"-T{kind}", "-o", str(out)], input=self.to_dot().encode(), check=True)
         return out

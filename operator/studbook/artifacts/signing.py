@@ -216,6 +216,17 @@ class VerifiedArtifact:
     parents: tuple[VerifiedArtifact, ...] = field(default=())
     """Its verified parents (empty when parents were not checked)."""
 
+    def ancestors(self) -> list[VerifiedArtifact]:
+        """Every verified ancestor once, nearest first."""
+        out: list[VerifiedArtifact] = []
+        queue = list(self.parents)
+        while queue:
+            node = queue.pop(0)
+            if all(node.id != seen.id for seen in out):
+                out.append(node)
+                queue.extend(node.parents)
+        return out
+
 
 @dataclass(frozen=True)
 class VerifiedScorecard:
@@ -242,9 +253,11 @@ def _shard_manifest(artifact: str, hashed: Sequence[HashedFile], params: DigestP
     from model_signing import manifest as ms_manifest
     from model_signing._hashing.hashing import Digest
 
+    # model-signing names shard digests this way; matching it keeps stock verifiers happy.
+    algorithm = f"sha256-sharded-{params.shard_size}"
     items = [
         ms_manifest.ShardedFileManifestItem(
-            path=Path(s.path), start=s.start, end=s.end, digest=Digest("sha256", s.sha256)
+            path=Path(s.path), start=s.start, end=s.end, digest=Digest(algorithm, s.sha256)
         )
         for h in hashed
         for s in h.shards
@@ -649,3 +662,52 @@ def verify_scorecard(
     if _statement_resources(statement) != _statement_resources(expected):
         raise ScorecardError("the scorecard's bytes are not the ones that were signed")
     return VerifiedScorecard(subject, json.loads(scorecard), checked.signer)
+
+
+def describe_signature(bundle: bytes) -> dict[str, Any]:
+    """What a signature bundle claims (kind, signer, subject), without verifying anything."""
+    try:
+        kind, material = _material(bundle)
+    except MalformedSignatureError as exc:
+        return {"kind": "malformed", "error": str(exc)}
+    out: dict[str, Any] = {"kind": kind}
+    try:
+        payload = json.loads(base64.b64decode(json.loads(bundle)["dsseEnvelope"]["payload"]))
+        out["subject"] = payload["subject"][0]["name"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        out["subject"] = None
+    if kind == "key":
+        out["signer"] = material["publicKey"].get("hint", "")
+    else:
+        raw = (
+            material["x509CertificateChain"]["certificates"][0]["rawBytes"]
+            if kind == "certificate"
+            else material["certificate"]["rawBytes"]
+        )
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(raw))
+            out["signer"] = ", ".join(_cert_identities(cert))
+            out["issuer"] = _oidc_issuer(cert) or cert.issuer.rfc4514_string()
+            out["notAfter"] = cert.not_valid_after_utc.isoformat()
+        except ValueError as exc:
+            out["signer"] = f"unreadable certificate: {exc}"
+    return out
+
+
+def describe(store: Store, artifact: str) -> dict[str, Any]:
+    """A package as JSON: manifest, lineage, signatures and scorecards (nothing verified)."""
+    manifest = store.manifest(artifact)
+    return {
+        "id": manifest.id,
+        "size": manifest.size,
+        "digest": manifest.params.to_json(),
+        "files": [f.to_json() for f in manifest.files],
+        "lineage": json.loads(store.lineage(artifact).to_bytes()),
+        "signatures": [
+            {"name": b.name, **describe_signature(b.data)} for b in store.signatures(artifact)
+        ],
+        "scorecards": [
+            {"name": card.name, "signed": bundle is not None}
+            for card, bundle in store.scorecards(artifact)
+        ],
+    }

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from .pki import CA, KeyPair, new_key
 
 def fake_safetensors(n_floats: int, seed: int) -> bytes:
     """Bytes shaped like a safetensors file: 8-byte header length, JSON header, data."""
-    header = (
-        '{"w":{"dtype":"F32","shape":[%d],"data_offsets":[0,%d]}}' % (n_floats, 4 * n_floats)
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [n_floats], "data_offsets": [0, 4 * n_floats]}}
     ).encode()
     header += b" " * (-len(header) % 8)
     data = hashlib.sha256(str(seed).encode()).digest() * (4 * n_floats // 32 + 1)

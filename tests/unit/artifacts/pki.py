@@ -108,7 +108,9 @@ class CA:
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=False
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False
+            )
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
