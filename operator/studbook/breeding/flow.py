@@ -1,0 +1,295 @@
+"""The flow of one Descendant as a pure state machine: observations in, a plan out.
+
+The operator gathers what it observes (policy, suite, parents, the Jobs of each step and the
+results they left in the artifact store), calls :func:`reconcile`, creates the Jobs the plan asks
+for and patches status when it changed. Nothing here remembers anything between calls: the whole
+state is in the observations, so a restarted operator continues where the cluster is, and the
+deterministic Job names make creating an existing Job a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from studbook.api import reasons
+from studbook.api.common import ConditionStatus
+from studbook.api.descendant import (
+    ArtifactStatus,
+    DescendantStatus,
+    JobRef,
+    LineageStatus,
+    ResourceProfile,
+    ScorecardSummary,
+)
+from studbook.breeding.admission import Decision
+from studbook.breeding.conditions import set_condition
+
+Step = Literal["breed", "evaluate", "sign"]
+STEPS: tuple[Step, ...] = ("breed", "evaluate", "sign")
+STEP_CONDITION: dict[Step, str] = {
+    "breed": reasons.BRED,
+    "evaluate": reasons.EVALUATED,
+    "sign": reasons.SIGNED,
+}
+STEP_PHASE = {"breed": "Breeding", "evaluate": "Evaluating", "sign": "Signing"}
+
+BACKOFF_BASE = timedelta(seconds=10)
+"""Delay before the second attempt of a failed step; it doubles with every further attempt."""
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """One Job of a step, as observed."""
+
+    step: Step
+    attempt: int
+    name: str
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BreedResult:
+    """What the breed step left: the sealed artifact."""
+
+    artifact: ArtifactStatus
+    lineage: LineageStatus
+    profile: ResourceProfile | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What the evaluate step left: the scorecard and whether the gates passed."""
+
+    scorecard: ScorecardSummary
+    gate_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SignResult:
+    """What the sign step left: the signature of the artifact and of its scorecard."""
+
+    signature_uri: str
+    signer: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the flow needs to know about one Descendant right now."""
+
+    generation: int
+    status: DescendantStatus
+    now: datetime
+    missing: tuple[tuple[str, str], ...] = ()
+    """References that do not resolve yet (policy, suite, parents): reason and message."""
+    decision: Decision | None = None
+    """Admission, once the policy, suite and parents resolve."""
+    jobs: Mapping[tuple[Step, int], JobObservation] = field(default_factory=dict)
+    breed: BreedResult | None = None
+    evaluate: EvaluateResult | None = None
+    sign: SignResult | None = None
+    max_attempts: int = 3
+    """Attempts per step: one plus the descendant's ``resources.backoffLimit``."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes event to post on a transition."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do now."""
+
+    status: DescendantStatus
+    create: tuple[tuple[Step, int], ...] = ()
+    """Jobs to create (idempotently), by step and attempt."""
+    requeue_after: float | None = None
+    """Look again after this many seconds even if nothing changes."""
+    events: tuple[Event, ...] = ()
+
+
+TERMINAL = frozenset({"Ready", "Failed", "Rejected"})
+
+
+def backoff(attempt: int) -> timedelta:
+    """How long to wait after attempt ``attempt`` failed."""
+    return BACKOFF_BASE * int(2 ** (attempt - 1))
+
+
+class _Builder:
+    """Accumulates the new status and the plan's actions."""
+
+    def __init__(self, observed: Observed) -> None:
+        self.observed = observed
+        self.status = observed.status
+        self.create: list[tuple[Step, int]] = []
+        self.events: list[Event] = []
+        self.requeue: float | None = None
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
+        status: ConditionStatus = "Unknown" if ok is None else ("True" if ok else "False")
+        conditions = set_condition(
+            list(self.status.conditions),
+            type_,
+            status,
+            reason,
+            message,
+            self.observed.generation,
+            self.observed.now,
+        )
+        self.status = self.status.model_copy(update={"conditions": conditions})
+
+    def update(self, **changes: object) -> None:
+        self.status = self.status.model_copy(update=changes)
+
+    def phase(self, phase: str, message: str, warning: bool = False) -> None:
+        if self.status.phase != phase:
+            kind: Literal["Normal", "Warning"] = "Warning" if warning else "Normal"
+            self.events.append(Event(kind, phase, message))
+        self.update(phase=phase, message=message)
+
+    def plan(self) -> Plan:
+        self.update(observed_generation=self.observed.generation)
+        return Plan(self.status, tuple(self.create), self.requeue, tuple(self.events))
+
+
+def _admission(b: _Builder) -> bool:
+    """Whether the flow may go past admission; sets Admitted and the phase otherwise."""
+    o = b.observed
+    if o.missing:
+        message = "; ".join(text for _, text in o.missing)
+        b.condition(reasons.ADMITTED, False, o.missing[0][0], f"waiting: {message}")
+        b.phase("Pending", f"waiting: {message}")
+        b.requeue = 10.0
+        return False
+    decision = o.decision
+    if decision is None:
+        raise ValueError("an observation without missing references must carry a decision")
+    if decision.refusals:
+        first = decision.refusals[0]
+        message = "; ".join(str(r) for r in decision.refusals)
+        b.condition(reasons.ADMITTED, False, first.reason, message)
+        b.condition(reasons.READY, False, first.reason, "refused at admission")
+        b.phase("Rejected", message, warning=True)
+        return False
+    if decision.waiting_for:
+        names = ", ".join(decision.waiting_for)
+        b.condition(reasons.ADMITTED, None, reasons.PARENT_NOT_READY, f"waiting for {names}")
+        b.phase("Pending", f"waiting for parents to be Ready: {names}")
+        b.requeue = 10.0
+        return False
+    b.condition(reasons.ADMITTED, True, reasons.POLICY_ALLOWS, "admitted by the policy")
+    return True
+
+
+def _job_refs(o: Observed) -> list[JobRef]:
+    return [
+        JobRef(
+            name=job.name,
+            purpose=job.step,
+            attempt=job.attempt,
+            phase=job.phase,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            reason=job.reason[:1024] if job.reason else None,
+        )
+        for _, job in sorted(o.jobs.items(), key=lambda kv: (STEPS.index(kv[0][0]), kv[0][1]))
+    ]
+
+
+def _step(b: _Builder, step: Step, done: bool) -> bool:
+    """Drive one step; whether it is done."""
+    o = b.observed
+    cond = STEP_CONDITION[step]
+    if done:
+        return True
+    attempts = sorted(a for s, a in o.jobs if s == step)
+    if not attempts:
+        b.create.append((step, 1))
+        b.condition(cond, None, reasons.JOB_CREATED, f"{step} attempt 1 started")
+        b.phase(STEP_PHASE[step], f"{step} attempt 1 started")
+        return False
+    latest = o.jobs[(step, attempts[-1])]
+    if latest.phase in ("Pending", "Running"):
+        b.condition(cond, None, reasons.JOB_RUNNING, f"{step} attempt {latest.attempt} running")
+        b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt} {latest.phase.lower()}")
+        return False
+    why = latest.reason or "the Job failed"
+    if latest.phase == "Succeeded":
+        why = f"the Job succeeded but left no {step} result in the artifact store"
+    if latest.attempt >= o.max_attempts:
+        b.condition(cond, False, reasons.RETRIES_EXHAUSTED, why)
+        b.condition(reasons.READY, False, reasons.JOB_FAILED, f"{step} failed")
+        b.phase("Failed", f"{step} failed after {latest.attempt} attempts: {why}", warning=True)
+        return False
+    due = (latest.finished_at or o.now) + backoff(latest.attempt)
+    if o.now >= due:
+        b.create.append((step, latest.attempt + 1))
+        b.condition(cond, None, reasons.JOB_FAILED, f"attempt {latest.attempt} failed: {why}")
+        b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt + 1} started after: {why}")
+    else:
+        b.condition(cond, None, reasons.JOB_FAILED, f"attempt {latest.attempt} failed: {why}")
+        b.requeue = (due - o.now).total_seconds()
+    return False
+
+
+def reconcile(observed: Observed) -> Plan:
+    """The next status of a Descendant and the Jobs to create."""
+    b = _Builder(observed)
+    if observed.status.phase in TERMINAL:
+        return b.plan()
+    if not _admission(b):
+        return b.plan()
+    b.update(jobs=_job_refs(observed), attempts=len([s for s, _ in observed.jobs if s == "breed"]))
+    if not _step(b, "breed", observed.breed is not None):
+        return b.plan()
+    assert observed.breed is not None
+    if b.status.artifact is None:
+        b.condition(reasons.BRED, True, reasons.JOB_SUCCEEDED, "artifact sealed")
+        b.events.append(Event("Normal", "Bred", f"sealed {observed.breed.artifact.id}"))
+    b.update(
+        artifact=observed.breed.artifact,
+        lineage=observed.breed.lineage,
+        resource_profile=observed.breed.profile,
+        stage="candidate",
+    )
+    if not _step(b, "evaluate", observed.evaluate is not None):
+        return b.plan()
+    assert observed.evaluate is not None
+    gates = observed.evaluate.gate_reasons
+    b.update(scorecard=observed.evaluate.scorecard)
+    b.condition(
+        reasons.EVALUATED,
+        True,
+        reasons.SCORECARD_FAILED if gates else reasons.SCORECARD_PASSED,
+        "; ".join(gates) if gates else "the scorecard passes the policy's gates",
+    )
+    if not _step(b, "sign", observed.sign is not None):
+        return b.plan()
+    assert observed.sign is not None
+    artifact = observed.breed.artifact.model_copy(
+        update={"signature_uri": observed.sign.signature_uri, "signer": observed.sign.signer}
+    )
+    b.update(artifact=artifact)
+    b.condition(
+        reasons.SIGNED, True, reasons.SIGNATURE_VERIFIED, f"signed by {observed.sign.signer}"
+    )
+    if gates:
+        # A negative result is kept, signed, with its lineage: evidence for later generations.
+        b.update(stage="archived")
+        b.condition(reasons.READY, True, reasons.ARCHIVED_NEGATIVE, "; ".join(gates))
+        b.phase("Ready", "archived as a negative result: " + "; ".join(gates))
+    else:
+        b.condition(reasons.READY, True, reasons.SCORECARD_PASSED, "signed, evaluated candidate")
+        b.phase("Ready", f"candidate {artifact.short_id} is signed and evaluated")
+    return b.plan()

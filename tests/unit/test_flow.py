@@ -1,0 +1,172 @@
+"""The Descendant flow as a state machine: observations in, plan out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from studbook.api import reasons
+from studbook.api.descendant import (
+    ArtifactStatus,
+    DescendantStatus,
+    LineageStatus,
+    ScorecardSummary,
+)
+from studbook.breeding.admission import Decision, Refusal
+from studbook.breeding.flow import (
+    BreedResult,
+    EvaluateResult,
+    JobObservation,
+    Observed,
+    Plan,
+    SignResult,
+    reconcile,
+)
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+ID = "sha256:" + "ab" * 32
+BREED = BreedResult(
+    ArtifactStatus(
+        id=ID, short_id="abababababab", uri="file:///store/" + ID[7:], size_bytes=90_000
+    ),
+    LineageStatus(
+        operator="lora", config_hash="sha256:" + "cd" * 32, code_version="0.1.0", created_at=T0
+    ),
+)
+CARD = ScorecardSummary(
+    suite="sentiment-topic",
+    suite_version="1.0.0",
+    suite_digest="sha256:" + "ef" * 32,
+    verdict="pass",
+    net_gain=0.12,
+)
+SIGNED = SignResult(signature_uri="file:///store/sig.json", signer="studbook-signer")
+
+
+def observe(status: DescendantStatus | None = None, **changes: Any) -> Observed:
+    base: dict[str, Any] = {
+        "generation": 1,
+        "status": status or DescendantStatus(),
+        "now": T0,
+        "decision": Decision(),
+    }
+    base.update(changes)
+    return Observed(**base)
+
+
+def job(step: Any, attempt: int, phase: Any, **more: Any) -> dict[tuple[Any, int], JobObservation]:
+    return {(step, attempt): JobObservation(step, attempt, f"d-{step}-{attempt}", phase, **more)}
+
+
+def cond(plan: Plan, type_: str) -> tuple[str, str]:
+    found = next(c for c in plan.status.conditions if c.type == type_)
+    return found.status, found.reason
+
+
+def test_missing_reference_waits_without_jobs() -> None:
+    plan = reconcile(
+        observe(missing=((reasons.SUITE_NOT_FOUND, "suite 'x' not found"),), decision=None)
+    )
+    assert plan.create == () and plan.status.phase == "Pending"
+    assert cond(plan, reasons.ADMITTED) == ("False", reasons.SUITE_NOT_FOUND)
+    assert plan.requeue_after
+
+
+def test_refusal_is_terminal_and_creates_nothing() -> None:
+    refused = Decision(
+        refusals=(
+            Refusal(
+                reasons.BUDGET_EXCEEDED,
+                "spec.operator.lora.rank",
+                "LoRA rank 512 exceeds the budget of 64",
+            ),
+        )
+    )
+    plan = reconcile(observe(decision=refused))
+    assert plan.create == () and plan.status.phase == "Rejected"
+    assert "LoRA rank 512" in (plan.status.message or "")
+    assert cond(plan, reasons.ADMITTED) == ("False", reasons.BUDGET_EXCEEDED)
+    again = reconcile(observe(plan.status, decision=Decision()))
+    assert again.create == () and again.status == plan.status, "terminal stays terminal"
+
+
+def test_waits_for_parents_that_are_not_ready() -> None:
+    plan = reconcile(observe(decision=Decision(waiting_for=("minilm-base",))))
+    assert plan.create == () and "minilm-base" in (plan.status.message or "")
+
+
+def test_admitted_descendant_starts_its_breed_job_once() -> None:
+    first = reconcile(observe())
+    assert first.create == (("breed", 1),)
+    assert first.status.phase == "Breeding"
+    # Restarted before the Job showed up in the cache: the same name is asked for again.
+    assert reconcile(observe(first.status)).create == (("breed", 1),)
+    running = reconcile(observe(first.status, jobs=job("breed", 1, "Running")))
+    assert running.create == () and running.events == ()
+
+
+def test_failed_attempt_is_retried_after_backoff_then_fails() -> None:
+    failed = job("breed", 1, "Failed", reason="OOMKilled", finished_at=T0)
+    early = reconcile(observe(jobs=failed, now=T0 + timedelta(seconds=3)))
+    assert early.create == () and early.requeue_after == 7.0
+    due = reconcile(observe(jobs=failed, now=T0 + timedelta(seconds=10)))
+    assert due.create == (("breed", 2),)
+    jobs = {**failed, **job("breed", 2, "Failed", reason="OOMKilled", finished_at=T0)}
+    last = reconcile(observe(jobs=jobs, max_attempts=2, now=T0 + timedelta(minutes=5)))
+    assert last.create == () and last.status.phase == "Failed"
+    assert "breed failed after 2 attempts: OOMKilled" in (last.status.message or "")
+    assert cond(last, reasons.BRED) == ("False", reasons.RETRIES_EXHAUSTED)
+    assert [j.attempt for j in last.status.jobs] == [1, 2]
+
+
+def test_success_without_result_counts_as_failure() -> None:
+    plan = reconcile(observe(jobs=job("breed", 1, "Succeeded", finished_at=T0), max_attempts=1))
+    assert plan.status.phase == "Failed" and "left no breed result" in (plan.status.message or "")
+
+
+def test_full_flow_ends_ready_and_signed() -> None:
+    jobs = {
+        **job("breed", 1, "Succeeded"),
+        **job("evaluate", 1, "Succeeded"),
+        **job("sign", 1, "Succeeded"),
+    }
+    evaluating = reconcile(observe(jobs=job("breed", 1, "Succeeded"), breed=BREED))
+    assert evaluating.create == (("evaluate", 1),) and evaluating.status.stage == "candidate"
+    assert evaluating.status.artifact and evaluating.status.artifact.id == ID
+    plan = reconcile(
+        observe(
+            evaluating.status, jobs=jobs, breed=BREED, evaluate=EvaluateResult(CARD), sign=SIGNED
+        )
+    )
+    assert plan.status.phase == "Ready" and plan.status.stage == "candidate"
+    assert plan.status.artifact and plan.status.artifact.signer == "studbook-signer"
+    for type_ in (reasons.ADMITTED, reasons.BRED, reasons.EVALUATED, reasons.SIGNED, reasons.READY):
+        assert cond(plan, type_)[0] == "True", type_
+    assert [e.reason for e in plan.events] == ["Ready"]
+
+
+def test_negative_result_is_archived_not_deleted() -> None:
+    jobs = {
+        **job("breed", 1, "Succeeded"),
+        **job("evaluate", 1, "Succeeded"),
+        **job("sign", 1, "Succeeded"),
+    }
+    plan = reconcile(
+        observe(
+            jobs=jobs,
+            breed=BREED,
+            sign=SIGNED,
+            evaluate=EvaluateResult(CARD, ("net gain -0.1 below +0",)),
+        )
+    )
+    assert plan.status.phase == "Ready" and plan.status.stage == "archived"
+    assert cond(plan, reasons.READY) == ("True", reasons.ARCHIVED_NEGATIVE)
+    assert cond(plan, reasons.EVALUATED) == ("True", reasons.SCORECARD_FAILED)
+
+
+def test_unchanged_observation_gives_unchanged_status() -> None:
+    first = reconcile(observe(jobs=job("breed", 1, "Running")))
+    again = reconcile(
+        observe(first.status, jobs=job("breed", 1, "Running"), now=T0 + timedelta(minutes=1))
+    )
+    assert again.status == first.status, "no status patch when nothing changed"
