@@ -63,6 +63,12 @@ class RenamedFileError(IntegrityError):
     reason = "FileRenamed"
 
 
+class SigningError(ArtifactError):
+    """Signing failed (bad key, refused token, unreachable sigstore); nothing was stored."""
+
+    reason = "SigningFailed"
+
+
 class SignatureError(ArtifactError):
     """A signature is missing, unreadable, invalid or from an untrusted signer."""
 

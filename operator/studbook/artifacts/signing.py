@@ -47,6 +47,7 @@ from studbook.artifacts.errors import (
     SignatureInvalidError,
     SignatureSubjectError,
     SignerIdentityError,
+    SigningError,
     UnsignedArtifactError,
     UntrustedCertificateError,
     WrongKeyError,
@@ -289,6 +290,15 @@ def _write(directory: Path, name: str, data: bytes) -> Path:
 
 
 def _sign_manifest(manifest: Any, signer: Signer) -> bytes:
+    try:
+        return _sign_manifest_unchecked(manifest, signer)
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise SigningError(f"signing with {type(signer).__name__} failed: {exc}") from exc
+
+
+def _sign_manifest_unchecked(manifest: Any, signer: Signer) -> bytes:
     payload = _ms_payload(manifest)
     with _scratch() as tmp:
         if isinstance(signer, KeySigner):
