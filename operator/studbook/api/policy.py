@@ -11,6 +11,7 @@ from studbook.api.common import (
     Conditions,
     Duration,
     Fraction,
+    Name,
     OperatorKind,
     RiskTier,
     ShortText,
@@ -99,6 +100,9 @@ class KeylessSigner(ApiModel):
     ``https://kubernetes.io/namespaces/studbook/serviceaccounts/signer``."""
     issuer: Annotated[str, Field(min_length=1, max_length=512)]
     """The OIDC issuer that vouched for it."""
+    trust_config_map: Name
+    """The ConfigMap, in the policy's namespace, whose key ``trust_config.json`` holds the sigstore
+    ClientTrustConfig (Fulcio roots, transparency logs) signatures are verified against."""
 
 
 class TrustedSigner(OneOf):

@@ -1,0 +1,137 @@
+"""The contract between the operator and the Jobs it runs: task files in, result files out.
+
+A Job reads one task (``--task task.json``) and, on success, writes one result JSON to the
+``result`` URI the task names, in the artifact store. The operator reads that result back; a Job
+that exits 0 without a result has failed. Everything here is plain data, shared by the operator
+(:mod:`studbook.k8s`), the trainer (``studbook_trainer``) and ``studbook breed``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field
+
+from studbook.api.base import ApiModel
+from studbook.api.common import Compatibility, Digest, Name, Niche, ShortText, TrainingData
+from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile, ScorecardSummary
+from studbook.api.operators import OperatorSpec
+from studbook.api.suite import EvaluationSuiteSpec
+
+TASK_SCHEMA: Final = "task.studbook.dev/v1"
+"""The schema version every task names."""
+
+
+class ParentArtifact(ApiModel):
+    """A parent as a Job sees it: a sealed package in the store."""
+
+    name: Name
+    """The parent's name in the descendant's spec."""
+    artifact_id: Digest
+    """Its artifact id; the Job verifies the files it reads against it."""
+    uri: ShortText
+    """The package's location in the store."""
+    niche: Niche = Niche()
+    """Its niche, for evaluation's niche probes."""
+
+
+class BreedTask(ApiModel):
+    """Breed one descendant and seal it into the store."""
+
+    schema_version: Literal["task.studbook.dev/v1"] = TASK_SCHEMA
+    """The task schema."""
+    step: Literal["breed"] = "breed"
+    """The step."""
+    descendant: Annotated[str, Field(min_length=1, max_length=253)]
+    """``namespace/name`` of the descendant, for logs and lineage."""
+    operator: OperatorSpec
+    """The operator and its configuration, as in the descendant's spec."""
+    parents: Annotated[list[ParentArtifact], Field(max_length=32)] = []
+    """The parents, in spec order."""
+    data: Annotated[list[TrainingData], Field(max_length=64)] = []
+    """The datasets the operator may read, pinned by digest."""
+    compatibility: Compatibility
+    """The contract the output must meet."""
+    store: ShortText
+    """The artifact store's URI; the sealed package goes there."""
+    result: ShortText
+    """Where the result (:class:`BreedResultFile`) is written."""
+
+
+class EvaluateTask(ApiModel):
+    """Evaluate a sealed artifact on a suite and store its scorecard."""
+
+    schema_version: Literal["task.studbook.dev/v1"] = TASK_SCHEMA
+    """The task schema."""
+    step: Literal["evaluate"] = "evaluate"
+    """The step."""
+    descendant: Annotated[str, Field(min_length=1, max_length=253)]
+    """``namespace/name`` of the descendant."""
+    subject: ParentArtifact
+    """The artifact to evaluate."""
+    parents: Annotated[list[ParentArtifact], Field(max_length=32)] = []
+    """Its parents, compared in the same run."""
+    champion: ParentArtifact | None = None
+    """The current champion, compared in the same run."""
+    suite_name: Name
+    """The EvaluationSuite's name."""
+    suite_digest: Digest
+    """The suite's digest, named in the scorecard."""
+    suite: EvaluationSuiteSpec
+    """The suite itself."""
+    store: ShortText
+    """The artifact store's URI."""
+    result: ShortText
+    """Where the result (:class:`EvaluateResultFile`) is written."""
+
+
+class SignTask(ApiModel):
+    """Verify a sealed artifact and its scorecard, then sign both."""
+
+    schema_version: Literal["task.studbook.dev/v1"] = TASK_SCHEMA
+    """The task schema."""
+    step: Literal["sign"] = "sign"
+    """The step."""
+    descendant: Annotated[str, Field(min_length=1, max_length=253)]
+    """``namespace/name`` of the descendant."""
+    artifact_id: Digest
+    """The artifact to sign; its files are re-hashed first."""
+    scorecard_uri: ShortText
+    """The scorecard to sign beside it."""
+    store: ShortText
+    """The artifact store's URI."""
+    result: ShortText
+    """Where the result (:class:`SignResultFile`) is written."""
+
+
+class BreedResultFile(ApiModel):
+    """What a breed Job leaves."""
+
+    artifact: ArtifactStatus
+    """The sealed artifact."""
+    lineage: LineageStatus
+    """Its lineage record."""
+    profile: ResourceProfile | None = None
+    """Size and cost measured while breeding."""
+    log: Annotated[list[str], Field(max_length=64)] = []
+    """Notable lines for the descendant's status and events."""
+
+
+class EvaluateResultFile(ApiModel):
+    """What an evaluate Job leaves."""
+
+    scorecard: ScorecardSummary
+    """The scorecard's summary; the full scorecard is at ``scorecard.uri``."""
+    profile: ResourceProfile | None = None
+    """Latency and size measured during evaluation."""
+
+
+class SignResultFile(ApiModel):
+    """What a sign Job leaves."""
+
+    signature_uri: ShortText
+    """Where the artifact's signature bundle is stored."""
+    scorecard_signature_uri: ShortText
+    """Where the scorecard's signature bundle is stored."""
+    signer: ShortText
+    """The identity that signed."""
