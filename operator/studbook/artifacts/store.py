@@ -97,15 +97,22 @@ class Store:
     def _files(self, artifact: str) -> str:
         return f"{self.package_path(artifact)}/files"
 
+    def _fresh(self, path: str) -> None:
+        """Forget cached listings of a remote filesystem (another writer may have added files)."""
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+
     # -- queries --------------------------------------------------------------------------
 
     def exists(self, artifact: str) -> bool:
         """Whether a sealed package with this id is visible."""
+        self._fresh(self.package_path(artifact))
         return bool(self.fs.exists(f"{self.package_path(artifact)}/{MANIFEST_FILE}"))
 
     def ids(self) -> list[str]:
         """Every visible package id, sorted."""
         base = f"{self.root}/sha256"
+        self._fresh(base)
         if not self.fs.exists(base):
             return []
         found = []
@@ -169,6 +176,7 @@ class Store:
             if not Path(base).is_dir():
                 return []
             return scan_local(Path(base))
+        self._fresh(base)
         found = self.fs.find(base, detail=True)
         prefix = base.rstrip("/") + "/"
         return sorted(
@@ -363,6 +371,7 @@ class Store:
         if not self.exists(artifact):
             raise ArtifactNotFoundError(f"{artifact} is not in {self.uri}")
         base = f"{self.package_path(artifact)}/{kind}"
+        self._fresh(base)
         if not self.fs.exists(base):
             return []
         blobs = []
