@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -328,6 +329,24 @@ class Store:
                 raise ContentMismatchError(f"{entry.path} changed while it was being sealed")
         self.fs.pipe_file(f"{self.package_path(manifest.id)}/{MANIFEST_FILE}", manifest.to_bytes())
         return manifest
+
+    def clean_temporary(self, older_than_s: float = 3600.0) -> int:
+        """Remove what crashed sealers left in ``.tmp`` (never visible as packages); return a count.
+
+        Only directories older than ``older_than_s`` go, so running sealers are left alone.
+        """
+        if not self.is_local:
+            return 0
+        tmp = Path(self.root) / ".tmp"
+        if not tmp.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for entry in tmp.iterdir():
+            if entry.stat().st_mtime < cutoff:
+                _remove_tree(entry)
+                removed += 1
+        return removed
 
     # -- copies out -----------------------------------------------------------------------
 

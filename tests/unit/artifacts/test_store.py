@@ -190,6 +190,9 @@ def test_a_killed_sealer_leaves_no_partial_package(
     manifest = store.seal(src, lineage())
     assert store.ids() == [manifest.id]
     store.check_files(manifest.id)
+    # What the killed sealer left behind is garbage, collected once it is old enough.
+    store.clean_temporary(older_than_s=0)
+    assert not any((Path(store.root) / ".tmp").iterdir())
 
 
 def test_reads_verify_what_they_read(store: Store, model_dir: Callable[..., Path]) -> None:
