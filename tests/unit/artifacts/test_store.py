@@ -241,3 +241,17 @@ def test_a_plain_path_and_a_file_uri_open_the_same_store(
     manifest = a.seal(model_dir(), lineage())
     b = Store.open(f"file://{tmp_path / 'pvc'}")
     assert b.ids() == [manifest.id]
+
+
+def test_object_store_uris_resolve_to_their_filesystems() -> None:
+    gcs = Store.open("gs://models/studbook", token="anon")
+    import gcsfs
+
+    assert isinstance(gcs.fs, gcsfs.GCSFileSystem)
+    assert (gcs.root, gcs.is_local) == ("models/studbook", False)
+    assert gcs.package_path("sha256:" + "a" * 64) == "models/studbook/sha256/" + "a" * 64
+    s3 = Store.open("s3://models/studbook", anon=True)
+    import s3fs
+
+    assert isinstance(s3.fs, s3fs.S3FileSystem)
+    assert not s3.is_local
