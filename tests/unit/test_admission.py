@@ -88,6 +88,14 @@ def _cases() -> list[Case]:
             "'minilm-topic' does not exist",
         ),
         Case(
+            "parent-failed",
+            Body.of("lora-specialist"),
+            _facts(Parent("minilm-base").with_(ready=False, failed="Rejected: licence")),
+            reasons.PARENT_NOT_READY,
+            "spec.parents[0]",
+            "will not become Ready: Rejected: licence",
+        ),
+        Case(
             "parent-unsigned",
             Body.of("ties-merge"),
             _facts(*ties()[:2], Parent("minilm-topic").with_(signed=False)),

@@ -139,9 +139,10 @@ def test_wire_round_trip_is_stable() -> None:
         assert parse_manifest(json.loads(json.dumps(wire))).to_wire() == wire
 
 
-def test_importing_the_api_imports_no_ml_stack() -> None:
+def test_the_api_and_the_operator_import_no_ml_stack() -> None:
     code = (
-        "import sys, studbook, studbook.api, studbook.api.crdgen; "
+        "import sys, studbook, studbook.api, studbook.api.crdgen, studbook.cli, "
+        "studbook.controllers.handlers; "
         "bad = [m for m in ('torch', 'transformers', 'peft', 'safetensors') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

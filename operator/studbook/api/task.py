@@ -135,3 +135,8 @@ class SignResultFile(ApiModel):
     """Where the scorecard's signature bundle is stored."""
     signer: ShortText
     """The identity that signed."""
+
+
+def result_uri(store: str, namespace: str, name: str, step: str, attempt: int) -> str:
+    """Where the Job of one step and attempt writes its result, inside the artifact store."""
+    return f"{store.rstrip('/')}/runs/{namespace}/{name}/{step}-{attempt}.json"

@@ -31,6 +31,8 @@ class ParentFacts:
     """The parent's compatibility contract."""
     license: str
     """The parent's licence."""
+    failed: str | None = None
+    """Why the parent will never be Ready (it failed or was rejected), if so."""
     artifact_id: str | None = None
     """The parent's artifact id, once sealed."""
     signed: bool = False
@@ -153,6 +155,14 @@ def _parents(
         if facts is None:
             refusals.append(
                 Refusal(reasons.PARENT_NOT_FOUND, where, f"parent {ref.name!r} does not exist")
+            )
+        elif facts.failed is not None:
+            refusals.append(
+                Refusal(
+                    reasons.PARENT_NOT_READY,
+                    where,
+                    f"parent {ref.name!r} will not become Ready: {facts.failed}",
+                )
             )
         elif not facts.ready:
             waiting.append(ref.name)

@@ -24,7 +24,6 @@ LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
 TASK_MOUNT = "/etc/studbook/task"
-WORK_MOUNT = "/work"
 NON_ROOT_UID = 65532
 
 COMMANDS: dict[Purpose, tuple[str, ...]] = {
@@ -47,6 +46,8 @@ class JobSettings:
     """The volume the artifact store is mounted from (a PVC, or any volume source)."""
     store_egress: tuple[Body, ...] = ()
     """NetworkPolicy egress rules that reach the artifact store; nothing else is reachable."""
+    store_mount: str = "/work"
+    """Where the artifact store volume is mounted in every Job's pod."""
     signing_secret: str | None = None
     """The Secret with signing material, mounted only into sign Jobs."""
     image_pull_policy: str = "IfNotPresent"
@@ -137,7 +138,7 @@ def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings
     mounts: list[Body] = [
         {"name": "task", "mountPath": TASK_MOUNT, "readOnly": True},
         {"name": "scratch", "mountPath": "/tmp"},
-        {"name": "artifacts", "mountPath": WORK_MOUNT},
+        {"name": "artifacts", "mountPath": settings.store_mount},
     ]
     if purpose == "sign" and settings.signing_secret:
         volumes.append({"name": "signing", "secret": {"secretName": settings.signing_secret}})

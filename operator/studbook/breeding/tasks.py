@@ -1,0 +1,79 @@
+"""The task files of a descendant's steps, built from its spec and what its parents are.
+
+Shared by the operator (which puts them in ConfigMaps for Jobs) and ``studbook breed`` (which
+runs them in local processes), so both run the same steps on the same inputs.
+"""
+
+from __future__ import annotations
+
+from studbook.api.canonical import digest_of
+from studbook.api.descendant import Descendant
+from studbook.api.suite import EvaluationSuite
+from studbook.api.task import (
+    BreedTask,
+    EvaluateTask,
+    ParentArtifact,
+    SignTask,
+    result_uri,
+)
+
+
+def _key(descendant: Descendant) -> str:
+    return f"{descendant.metadata.namespace or 'default'}/{descendant.metadata.name}"
+
+
+def _result(descendant: Descendant, store: str, step: str, attempt: int) -> str:
+    namespace = descendant.metadata.namespace or "default"
+    return result_uri(store, namespace, descendant.metadata.name, step, attempt)
+
+
+def breed_task(
+    descendant: Descendant, parents: list[ParentArtifact], store: str, attempt: int
+) -> BreedTask:
+    """The breed step: run the operator on the parents and seal the output into the store."""
+    spec = descendant.spec
+    return BreedTask(
+        descendant=_key(descendant),
+        operator=spec.operator,
+        parents=parents,
+        data=spec.data,
+        compatibility=spec.compatibility,
+        store=store,
+        result=_result(descendant, store, "breed", attempt),
+    )
+
+
+def evaluate_task(
+    descendant: Descendant,
+    subject: ParentArtifact,
+    parents: list[ParentArtifact],
+    suite: EvaluationSuite,
+    store: str,
+    attempt: int,
+    champion: ParentArtifact | None = None,
+) -> EvaluateTask:
+    """The evaluate step: score the sealed artifact against its parents on the suite."""
+    return EvaluateTask(
+        descendant=_key(descendant),
+        subject=subject,
+        parents=parents,
+        champion=champion,
+        suite_name=suite.metadata.name,
+        suite_digest=digest_of(suite.spec),
+        suite=suite.spec,
+        store=store,
+        result=_result(descendant, store, "evaluate", attempt),
+    )
+
+
+def sign_task(
+    descendant: Descendant, artifact_id: str, scorecard_uri: str, store: str, attempt: int
+) -> SignTask:
+    """The sign step: re-hash the artifact, then sign it and its scorecard."""
+    return SignTask(
+        descendant=_key(descendant),
+        artifact_id=artifact_id,
+        scorecard_uri=scorecard_uri,
+        store=store,
+        result=_result(descendant, store, "sign", attempt),
+    )

@@ -1,0 +1,379 @@
+"""Reconcile one Descendant: observe the cluster and the store, plan, act.
+
+The decisions live in :mod:`studbook.breeding` (admission, the flow, gates); this module only
+reads what they need and carries out their plan: Jobs created idempotently, status patched when
+it changed, events posted on transitions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from studbook import metrics
+from studbook.api import reasons
+from studbook.api.descendant import Descendant, DescendantStatus
+from studbook.api.policy import BreedingPolicy
+from studbook.api.scorecard import Scorecard
+from studbook.api.suite import EvaluationSuite
+from studbook.api.task import (
+    BreedResultFile,
+    EvaluateResultFile,
+    ParentArtifact,
+    SignResultFile,
+    result_uri,
+)
+from studbook.artifacts import Store, Verifier
+from studbook.artifacts.errors import ArtifactError, IntegrityError, SignatureError
+from studbook.breeding.admission import ParentFacts, admit
+from studbook.breeding.flow import (
+    BreedResult,
+    EvaluateResult,
+    Event,
+    JobObservation,
+    Observed,
+    Plan,
+    SignResult,
+    Step,
+    reconcile,
+)
+from studbook.breeding.gates import evaluation_gate
+from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
+from studbook.controllers.settings import OperatorSettings
+from studbook.controllers.trust import TRUST_CONFIG_KEY, trust_policy
+from studbook.k8s import jobs as builders
+from studbook.k8s.client import config_map_value, create_if_absent, get_resource, patch_status
+
+log = logging.getLogger("studbook.descendants")
+
+EventSink = Callable[[dict[str, Any], Event], None]
+STEP_NAMES: dict[str, Step] = {"breed": "breed", "evaluate": "evaluate", "sign": "sign"}
+
+
+@dataclass
+class Controller:
+    """What reconciling needs across calls: the API client, settings, and caches by id."""
+
+    api: client.ApiClient
+    settings: OperatorSettings
+    post_event: EventSink
+    _locks: defaultdict[str, threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock)
+    )
+    _verifiers: dict[tuple[str, int], Verifier] = field(default_factory=dict)
+
+    def reconcile(self, body: dict[str, Any]) -> Plan | None:
+        """Bring one Descendant a step further; returns the plan carried out."""
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        started = time.perf_counter()
+        # Events and timers of one object may overlap; one reconciliation at a time each.
+        with self._locks[key]:
+            try:
+                plan = self._reconcile(body)
+            except Exception:
+                metrics.RECONCILES.labels("Descendant", "error").inc()
+                raise
+            finally:
+                metrics.RECONCILE_SECONDS.labels("Descendant").observe(
+                    time.perf_counter() - started
+                )
+        metrics.RECONCILES.labels("Descendant", "ok").inc()
+        return plan
+
+    # -- observing ------------------------------------------------------------------------
+
+    def _reconcile(self, body: dict[str, Any]) -> Plan | None:
+        namespace = body["metadata"]["namespace"]
+        name = body["metadata"]["name"]
+        current_status = body.get("status") or {}
+        try:
+            descendant = Descendant.model_validate_json(json.dumps(body))
+        except ValidationError as error:
+            status = DescendantStatus(phase="Rejected", message=f"invalid spec: {error}"[:4096])
+            self._patch_if_changed(namespace, name, current_status, status)
+            return None
+        status = descendant.status or DescendantStatus()
+        metrics.POPULATION.observe(str(descendant.metadata.uid), status.phase, status.stage)
+        observed = self._observe(descendant, status)
+        plan = reconcile(observed)
+        self._act(descendant, observed, plan)
+        if plan.status.phase == "Rejected" and status.phase != "Rejected":
+            for refusal in observed.decision.refusals if observed.decision else ():
+                metrics.ADMISSIONS_REFUSED.labels(refusal.reason).inc()
+        self._patch_if_changed(namespace, name, current_status, plan.status)
+        for event in plan.events:
+            self.post_event(body, event)
+        metrics.POPULATION.observe(
+            str(descendant.metadata.uid), plan.status.phase, plan.status.stage
+        )
+        return plan
+
+    def _observe(self, descendant: Descendant, status: DescendantStatus) -> Observed:
+        spec = descendant.spec
+        namespace = descendant.metadata.namespace or "default"
+        now = datetime.now(UTC)
+        generation = descendant.metadata.generation or 1
+        base = Observed(generation=generation, status=status, now=now)
+        if status.phase in ("Ready", "Failed", "Rejected"):
+            return base
+        policy = get_resource(self.api, BreedingPolicy, namespace, spec.policy_ref.name)
+        suite = get_resource(self.api, EvaluationSuite, namespace, spec.evaluation_suite_ref.name)
+        missing = []
+        if policy is None:
+            missing.append((reasons.POLICY_NOT_FOUND, f"policy {spec.policy_ref.name!r} not found"))
+        if suite is None:
+            missing.append(
+                (reasons.SUITE_NOT_FOUND, f"suite {spec.evaluation_suite_ref.name!r} not found")
+            )
+        parents: dict[str, ParentFacts | None] = {}
+        if policy is not None:
+            for ref in spec.parents:
+                parents[ref.name] = self._parent(namespace, policy, ref.name)
+        missing += [
+            (reasons.PARENT_NOT_FOUND, f"parent {name!r} not found")
+            for name, facts in parents.items()
+            if facts is None
+        ]
+        if missing or policy is None:
+            return Observed(generation, status, now, missing=tuple(missing))
+        decision = admit(spec, policy.spec, parents)
+        jobs = self._jobs(namespace, descendant.metadata.name)
+        breed = self._result(descendant, jobs, "breed", BreedResultFile)
+        evaluate = self._result(descendant, jobs, "evaluate", EvaluateResultFile)
+        sign = self._result(descendant, jobs, "sign", SignResultFile)
+        return Observed(
+            generation=generation,
+            status=status,
+            now=now,
+            decision=decision,
+            jobs=jobs,
+            breed=BreedResult(breed.artifact, breed.lineage, breed.profile) if breed else None,
+            evaluate=self._gated(policy, evaluate) if evaluate else None,
+            sign=SignResult(sign.signature_uri, sign.signer) if sign else None,
+            max_attempts=1 + spec.resources.backoff_limit,
+        )
+
+    def _verifier(self, namespace: str, policy: BreedingPolicy) -> Verifier:
+        key = (str(policy.metadata.uid), policy.metadata.generation or 0)
+        if key not in self._verifiers:
+            trust = trust_policy(
+                policy.spec,
+                lambda name: config_map_value(self.api, namespace, name, TRUST_CONFIG_KEY),
+            )
+            self._verifiers[key] = Verifier(Store.open(self.settings.store), trust)
+        return self._verifiers[key]
+
+    def _parent(self, namespace: str, policy: BreedingPolicy, name: str) -> ParentFacts | None:
+        parent = get_resource(self.api, Descendant, namespace, name)
+        if parent is None:
+            return None
+        status = parent.status or DescendantStatus()
+        artifact = status.artifact
+        ready = status.phase == "Ready" and artifact is not None and artifact.signer is not None
+        failed = (
+            f"{status.phase}: {status.message}" if status.phase in ("Failed", "Rejected") else None
+        )
+        signed = intact = False
+        if ready and artifact is not None:
+            try:
+                self._verifier(namespace, policy).verify(artifact.id)
+                signed = intact = True
+            except IntegrityError as error:
+                metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
+                log.warning("parent %s/%s does not verify: %s", namespace, name, error)
+            except SignatureError as error:
+                intact = True
+                metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
+                log.warning("parent %s/%s signature refused: %s", namespace, name, error)
+            except ArtifactError as error:
+                metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
+                log.warning("parent %s/%s refused: %s", namespace, name, error)
+        return ParentFacts(
+            name=name,
+            ready=ready,
+            failed=failed,
+            compatibility=parent.spec.compatibility,
+            license=parent.spec.license,
+            artifact_id=artifact.id if artifact else None,
+            signed=signed,
+            intact=intact,
+            restrictions=frozenset(r for d in parent.spec.data for r in d.restrictions),
+            licenses=frozenset({parent.spec.license}),
+        )
+
+    def _jobs(self, namespace: str, name: str) -> dict[tuple[Step, int], JobObservation]:
+        batch = client.BatchV1Api(self.api)
+        found = batch.list_namespaced_job(
+            namespace, label_selector=f"{builders.LABEL_DESCENDANT}={name}"
+        )
+        out: dict[tuple[Step, int], JobObservation] = {}
+        for job in found.items:
+            labels = (job.metadata.labels if job.metadata else None) or {}
+            step = STEP_NAMES.get(labels.get(builders.LABEL_PURPOSE, ""))
+            if step is None:
+                continue
+            attempt = int(labels.get(builders.LABEL_ATTEMPT, "1"))
+            out[(step, attempt)] = self._job_observation(namespace, step, attempt, job)
+        return out
+
+    def _job_observation(
+        self, namespace: str, step: Step, attempt: int, job: Any
+    ) -> JobObservation:
+        st = job.status
+        conditions = {c.type: c for c in (st.conditions or []) if c.status == "True"}
+        phase: Any = "Pending"
+        reason = None
+        if "Complete" in conditions:
+            phase = "Succeeded"
+        elif "Failed" in conditions:
+            phase = "Failed"
+            failed = conditions["Failed"]
+            reason = f"{failed.reason}: {failed.message}" if failed.message else failed.reason
+            reason = self._termination(namespace, job.metadata.name) or reason
+        elif st.active:
+            phase = "Running"
+        return JobObservation(
+            step=step,
+            attempt=attempt,
+            name=job.metadata.name,
+            phase=phase,
+            reason=reason,
+            started_at=st.start_time,
+            finished_at=st.completion_time
+            or (conditions["Failed"].last_transition_time if "Failed" in conditions else None),
+        )
+
+    def _termination(self, namespace: str, job_name: str) -> str | None:
+        """The exit code and message (or log tail) of a failed Job's container."""
+        pods = client.CoreV1Api(self.api).list_namespaced_pod(
+            namespace, label_selector=f"job-name={job_name}"
+        )
+        for pod in pods.items:
+            for container in (pod.status.container_statuses if pod.status else None) or []:
+                done = container.state.terminated if container.state else None
+                if done is not None and done.exit_code:
+                    tail = (done.message or "").strip().splitlines()[-20:]
+                    detail = " | ".join(tail) if tail else (done.reason or "")
+                    return f"exit code {done.exit_code}: {detail}"
+        return None
+
+    def _result(
+        self,
+        descendant: Descendant,
+        jobs: dict[tuple[Step, int], JobObservation],
+        step: Step,
+        model: type[Any],
+    ) -> Any:
+        done = [a for (s, a), job in jobs.items() if s == step and job.phase == "Succeeded"]
+        if not done:
+            return None
+        uri = result_uri(
+            self.settings.store,
+            descendant.metadata.namespace or "default",
+            descendant.metadata.name,
+            step,
+            max(done),
+        )
+        try:
+            with fsspec.open(uri, "rb") as handle:
+                return model.model_validate_json(handle.read())
+        except FileNotFoundError:
+            return None
+        except ValidationError as error:
+            log.warning("%s result at %s is malformed: %s", step, uri, error)
+            return None
+
+    def _gated(self, policy: BreedingPolicy, result: EvaluateResultFile) -> EvaluateResult:
+        reasons_ = list(result.scorecard.reasons if result.scorecard.verdict != "pass" else [])
+        if result.scorecard.uri:
+            with fsspec.open(self._store_uri(result.scorecard.uri), "rb") as handle:
+                card = Scorecard.model_validate_json(handle.read())
+            reasons_ = list(evaluation_gate(card, policy.spec.evaluation_gates).reasons)
+        return EvaluateResult(result.scorecard, tuple(reasons_))
+
+    def _store_uri(self, job_uri: str) -> str:
+        """A URI the Jobs wrote, as the operator reaches it."""
+        if job_uri.startswith(self.settings.job_store):
+            return (
+                self.settings.store.rstrip("/")
+                + job_uri[len(self.settings.job_store.rstrip("/")) :]
+            )
+        return job_uri
+
+    # -- acting ---------------------------------------------------------------------------
+
+    def _act(self, descendant: Descendant, observed: Observed, plan: Plan) -> None:
+        for step, attempt in plan.create:
+            task = self._task(descendant, observed, step, attempt)
+            owner = descendant
+            create_if_absent(
+                self.api,
+                builders.task_config_map(
+                    owner, step, attempt, task.model_dump_json(by_alias=True, exclude_none=True)
+                ),
+            )
+            if step != "sign":
+                create_if_absent(self.api, builders.breed_network_policy(owner, self.settings.jobs))
+            if create_if_absent(self.api, builders.job(owner, step, attempt, self.settings.jobs)):
+                if attempt > 1:
+                    metrics.JOB_RETRIES.labels(step).inc()
+                    metrics.JOB_FAILURES.labels(step).inc()
+                log.info("created %s job attempt %d for %s", step, attempt, owner.metadata.name)
+
+    def _task(self, descendant: Descendant, observed: Observed, step: Step, attempt: int) -> Any:
+        store = self.settings.job_store
+        namespace = descendant.metadata.namespace or "default"
+        parents = [self._parent_artifact(namespace, ref.name) for ref in descendant.spec.parents]
+        if step == "breed":
+            return breed_task(descendant, parents, store, attempt)
+        assert observed.breed is not None
+        artifact = observed.breed.artifact
+        if step == "evaluate":
+            suite = get_resource(
+                self.api, EvaluationSuite, namespace, descendant.spec.evaluation_suite_ref.name
+            )
+            assert suite is not None
+            subject = ParentArtifact(
+                name=descendant.metadata.name,
+                artifact_id=artifact.id,
+                uri=artifact.uri,
+                niche=descendant.spec.niche,
+            )
+            return evaluate_task(descendant, subject, parents, suite, store, attempt)
+        assert observed.evaluate is not None and observed.evaluate.scorecard.uri is not None
+        return sign_task(descendant, artifact.id, observed.evaluate.scorecard.uri, store, attempt)
+
+    def _parent_artifact(self, namespace: str, name: str) -> ParentArtifact:
+        parent = get_resource(self.api, Descendant, namespace, name)
+        assert parent is not None and parent.status is not None
+        assert parent.status.artifact is not None
+        return ParentArtifact(
+            name=name,
+            artifact_id=parent.status.artifact.id,
+            uri=parent.status.artifact.uri,
+            niche=parent.spec.niche,
+        )
+
+    def _patch_if_changed(
+        self, namespace: str, name: str, current: dict[str, Any], status: DescendantStatus
+    ) -> None:
+        wire = status.to_wire()
+        if wire != current:
+            try:
+                patch_status(self.api, Descendant, namespace, name, wire)
+            except ApiException as error:
+                if error.status != 404:  # deleted meanwhile
+                    raise

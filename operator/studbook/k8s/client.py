@@ -1,0 +1,85 @@
+"""Small helpers over the Kubernetes Python client: typed reads, idempotent creates, status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from studbook import GROUP, VERSION
+from studbook.api.resource import Resource
+
+R = TypeVar("R", bound=Resource)
+
+
+def get_object(
+    api: client.ApiClient, cls: type[Resource], namespace: str, name: str
+) -> dict[str, Any] | None:
+    """The raw body of a Studbook resource, or ``None`` if it does not exist."""
+    objects = client.CustomObjectsApi(api)
+    try:
+        body = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, cls.crd.plural, name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return cast(dict[str, Any], body)
+
+
+def get_resource(api: client.ApiClient, cls: type[R], namespace: str, name: str) -> R | None:
+    """A Studbook resource by name, typed, or ``None`` if it does not exist.
+
+    Raises pydantic's ``ValidationError`` when the stored object does not fit the model.
+    """
+    body = get_object(api, cls, namespace, name)
+    return None if body is None else cls.model_validate_json(json.dumps(body))
+
+
+def create_if_absent(api: client.ApiClient, body: dict[str, Any]) -> bool:
+    """Create a namespaced object unless one of that name exists; whether it was created."""
+    namespace = body["metadata"]["namespace"]
+    creators: dict[str, Callable[..., Any]] = {
+        "ConfigMap": client.CoreV1Api(api).create_namespaced_config_map,
+        "Job": client.BatchV1Api(api).create_namespaced_job,
+        "NetworkPolicy": client.NetworkingV1Api(api).create_namespaced_network_policy,
+    }
+    try:
+        creators[body["kind"]](namespace, body)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def patch_status(
+    api: client.ApiClient, cls: type[Resource], namespace: str, name: str, status: dict[str, Any]
+) -> None:
+    """Replace the ``status`` of a Studbook resource through the status subresource."""
+    objects = client.CustomObjectsApi(api)
+    # A JSON patch replaces status whole, so fields the new status drops go too.
+    patch = [{"op": "add", "path": "/status", "value": status}]
+    objects.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        cls.crd.plural,
+        name,
+        patch,
+        _content_type="application/json-patch+json",
+    )
+
+
+def config_map_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:
+    """One key of a ConfigMap, or ``None`` when the ConfigMap or key is absent."""
+    try:
+        found = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    value: str | None = (found.data or {}).get(key)
+    return value
