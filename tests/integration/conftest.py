@@ -1,0 +1,120 @@
+"""The operator as a real process against the session's control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from studbook import GROUP, VERSION
+from tests.cluster.controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class OperatorProcess:
+    """``studbook operator`` watching one namespace; restartable, its log kept for failures."""
+
+    def __init__(self, cluster: ControlPlane, namespace: str, store: Path, log: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.store = store
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "STUDBOOK_STORE": str(store),
+            # The local pod runner maps hostPath volumes to the same local directory.
+            "STUDBOOK_JOB_STORE": str(store),
+            "STUDBOOK_STORE_VOLUME": json.dumps({"hostPath": {"path": str(store)}}),
+            "STUDBOOK_TRAINER_IMAGE": "studbook-trainer:test",
+            "STUDBOOK_OPERATOR_IMAGE": "studbook:test",
+        }
+
+    def start(self) -> None:
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "studbook",
+                "operator",
+                "-n",
+                self.namespace,
+                "--metrics-port",
+                "0",
+            ],
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def operator(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """A running operator for the test's namespace, with a fresh artifact store."""
+    store = tmp_path / "store"
+    store.mkdir()
+    process = OperatorProcess(cluster, namespace, store, tmp_path / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+    if process.proc is not None and process.proc.returncode not in (0, -15, -9, None):
+        print(process.log.read_text()[-5000:])
+
+
+def apply(kube: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create a Studbook resource in the namespace."""
+    body = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
+    plural = {
+        "BreedingPolicy": "breedingpolicies",
+        "EvaluationSuite": "evaluationsuites",
+        "Descendant": "descendants",
+        "BreedingRun": "breedingruns",
+        "Promotion": "promotions",
+    }[manifest["kind"]]
+    created: dict[str, Any] = client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body
+    )
+    return created
+
+
+def wait_for(
+    probe: Callable[[], Any],
+    timeout: float = 60.0,
+    what: str = "condition",
+    log: Path | None = None,
+) -> Any:
+    """Poll until ``probe`` returns something truthy; fail with what was last seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.25)
+    tail = log.read_text()[-4000:] if log and log.exists() else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}\n{tail}")

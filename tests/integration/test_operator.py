@@ -1,0 +1,124 @@
+"""The operator against the real control plane: validation, admission, Jobs, retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from studbook import GROUP, VERSION
+from tests.builders import Body
+from tests.integration.conftest import OperatorProcess, apply, wait_for
+from tests.manifests import example
+
+pytestmark = pytest.mark.cluster
+
+
+def _get(kube: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name
+    )
+    return found
+
+
+def _phase(kube: client.ApiClient, namespace: str, name: str) -> str | None:
+    status = _get(kube, namespace, "descendants", name).get("status") or {}
+    phase: str | None = status.get("phase")
+    return phase
+
+
+def _jobs(kube: client.ApiClient, namespace: str) -> list[client.V1Job]:
+    return list(client.BatchV1Api(kube).list_namespaced_job(namespace).items)
+
+
+def test_policy_and_suite_are_validated(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, example("policy"))
+    apply(kube, namespace, example("suite"))
+    policy = wait_for(
+        lambda: _get(kube, namespace, "breedingpolicies", "standard").get("status") or {},
+        what="policy status",
+        log=operator.log,
+    )
+    assert policy["phase"] == "Valid"
+    assert policy["conditions"][0]["type"] == "Valid"
+    suite = wait_for(
+        lambda: _get(kube, namespace, "evaluationsuites", "sentiment-topic").get("status") or {},
+        what="suite status",
+        log=operator.log,
+    )
+    assert suite["phase"] == "Valid" and suite["digest"].startswith("sha256:")
+
+
+def test_forbidden_operator_is_rejected_without_a_job(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    policy = Body.of("policy").set("spec.allowedOperators", ["import", "lora"]).manifest
+    apply(kube, namespace, policy)
+    apply(kube, namespace, example("suite"))
+    founder = Body.of("founder-import").set("metadata.name", "minilm-base").manifest
+    apply(kube, namespace, Body.of("ties-merge").manifest)
+    apply(kube, namespace, founder)
+    wait_for(
+        lambda: _phase(kube, namespace, "minilm-sentiment-topic-ties") == "Rejected",
+        what="merge rejected",
+        log=operator.log,
+    )
+    status = _get(kube, namespace, "descendants", "minilm-sentiment-topic-ties")["status"]
+    admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+    assert admitted["status"] == "False" and admitted["reason"] == "OperatorForbidden"
+    assert "operator 'merge' is not allowed" in status["message"]
+    jobs = [j.metadata.name for j in _jobs(kube, namespace)]
+    assert not any(name.startswith("minilm-sentiment-topic-ties") for name in jobs)
+
+
+def test_admitted_founder_gets_an_untrusted_owned_breed_job_and_fails_without_result(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, example("policy"))
+    apply(kube, namespace, example("suite"))
+    # No trainer runs on kwok's fake nodes: the Job completes without writing a result, which
+    # the operator must treat as a failed attempt and, with no retries allowed, end in Failed.
+    founder = Body.of("founder-import").set("spec.resources", {"backoffLimit": 0}).manifest
+    created = apply(kube, namespace, founder)
+    job = wait_for(lambda: _jobs(kube, namespace), what="breed job", log=operator.log)[0]
+    assert job.metadata.name == "minilm-base-breed-1"
+    (owner,) = job.metadata.owner_references
+    assert owner.kind == "Descendant" and owner.uid == created["metadata"]["uid"]
+    pod = job.spec.template.spec
+    assert pod.automount_service_account_token is False
+    assert pod.containers[0].security_context.read_only_root_filesystem is True
+    wait_for(
+        lambda: _phase(kube, namespace, "minilm-base") == "Failed",
+        timeout=90,
+        what="founder failed",
+        log=operator.log,
+    )
+    status = _get(kube, namespace, "descendants", "minilm-base")["status"]
+    assert "left no breed result" in status["message"]
+    assert [j["name"] for j in status["jobs"]] == ["minilm-base-breed-1"]
+    assert len(_jobs(kube, namespace)) == 1, "exactly one breed Job"
+    policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
+    assert [p.spec.policy_types for p in policies] == [["Ingress", "Egress"]]
+
+
+def test_missing_parent_waits_and_continues_when_it_appears(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, example("policy"))
+    apply(kube, namespace, example("suite"))
+    apply(kube, namespace, example("lora-specialist"))
+    wait_for(
+        lambda: (
+            "parent 'minilm-base' not found"
+            in (_get(kube, namespace, "descendants", "minilm-sentiment").get("status") or {}).get(
+                "message", ""
+            )
+        ),
+        what="waiting message",
+        log=operator.log,
+    )
+    assert _phase(kube, namespace, "minilm-sentiment") == "Pending"
+    assert _jobs(kube, namespace) == []
