@@ -73,6 +73,7 @@ class Controller:
         default_factory=lambda: defaultdict(threading.Lock)
     )
     _verifiers: dict[tuple[str, int], Verifier] = field(default_factory=dict)
+    _costed: set[str] = field(default_factory=set)
 
     def reconcile(self, body: dict[str, Any]) -> Plan | None:
         """Bring one Descendant a step further; returns the plan carried out."""
@@ -245,6 +246,8 @@ class Controller:
             reason = self._termination(namespace, job.metadata.name) or reason
         elif st.active:
             phase = "Running"
+        if phase in ("Succeeded", "Failed"):
+            self._cost(namespace, job)
         return JobObservation(
             step=step,
             attempt=attempt,
@@ -255,6 +258,18 @@ class Controller:
             finished_at=st.completion_time
             or (conditions["Failed"].last_transition_time if "Failed" in conditions else None),
         )
+
+    def _cost(self, namespace: str, job: Any) -> None:
+        """Count a finished Job's GPU hours once per process."""
+        uid = str(job.metadata.uid)
+        start, end = job.status.start_time, job.status.completion_time
+        if uid in self._costed or start is None:
+            return
+        self._costed.add(uid)
+        limits = job.spec.template.spec.containers[0].resources.limits or {}
+        gpus = int(limits.get("nvidia.com/gpu", "0"))
+        hours = ((end or datetime.now(UTC)) - start).total_seconds() / 3600
+        metrics.GPU_HOURS.labels(namespace).inc(gpus * hours)
 
     def _termination(self, namespace: str, job_name: str) -> str | None:
         """The exit code and message (or log tail) of a failed Job's container."""
