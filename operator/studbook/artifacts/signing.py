@@ -417,8 +417,9 @@ def _oidc_issuer(cert: x509.Certificate) -> str | None:
             continue
         value: bytes = raw.value  # type: ignore[attr-defined]
         if oid == _OIDC_ISSUER_V2 and len(value) > 2 and value[0] == 0x0C:
-            # DER UTF8String with a short length.
-            return value[2:].decode()
+            # A DER UTF8String: tag, length (short or long form), then the text.
+            start = 2 + (value[1] & 0x7F if value[1] & 0x80 else 0)
+            return value[start:].decode()
         return value.decode()
     return None
 
