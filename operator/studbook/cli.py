@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -62,6 +63,23 @@ def operator(
         peering_name=peering,
         priority=priority,
     )
+
+
+@app.command("sign-task")
+def sign_task(
+    task: Annotated[Path, typer.Option(help="The sign task file a sign Job is given.")],
+    signing_dir: Annotated[
+        Path, typer.Option(help="The mounted signing Secret.", envvar="STUDBOOK_SIGNING_DIR")
+    ] = Path("/etc/studbook/signing"),
+) -> None:
+    """Sign an artifact and its scorecard (what a sign Job runs)."""
+    from studbook.api.task import SignTask
+    from studbook.local.steps import run_sign, signer_from_dir
+
+    spec = SignTask.model_validate_json(task.read_bytes())
+    signer, identity = signer_from_dir(signing_dir)
+    result = run_sign(spec, signer, identity)
+    typer.echo(f"signed {spec.artifact_id} as {result.signer}")
 
 
 def main() -> None:
