@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -80,6 +84,290 @@ def sign_task(
     signer, identity = signer_from_dir(signing_dir)
     result = run_sign(spec, signer, identity)
     typer.echo(f"signed {spec.artifact_id} as {result.signer}")
+
+
+# -- artifacts: seal, sign, verify, lineage, inspect --------------------------------------------
+
+StoreOpt = Annotated[
+    str, typer.Option("--store", "-s", envvar="STUDBOOK_STORE", help="Store URI or directory.")
+]
+
+
+@contextmanager
+def _hashing(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar over bytes hashed, on stderr."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _refuse(exc: Exception) -> typer.Exit:
+    reason = getattr(exc, "reason", type(exc).__name__)
+    typer.secho(f"refused ({reason}): {exc}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def seal(
+    source: Annotated[Path, typer.Argument(help="Directory of model files.")],
+    store: StoreOpt,
+    lineage_file: Annotated[
+        Path | None, typer.Option("--lineage", help="A lineage.json to use as is.")
+    ] = None,
+    operator: Annotated[str, typer.Option(help="Breeding operator.")] = "import",
+    parent: Annotated[list[str] | None, typer.Option(help="Parent artifact id.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Operator config (JSON); its hash is recorded.")
+    ] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIGEST of a dataset read.")
+    ] = None,
+    code_version: Annotated[str, typer.Option(help="Trainer version.")] = __version__,
+) -> None:
+    """Seal a directory into an immutable, content-addressed package; print its id."""
+    from studbook.artifacts import ArtifactError, Lineage, Store, config_hash
+
+    try:
+        if lineage_file is not None:
+            lineage = Lineage.from_bytes(lineage_file.read_bytes())
+        else:
+            cfg = json.loads(config.read_text()) if config else {}
+            lineage = Lineage(
+                parents=tuple(parent or ()),
+                operator=operator,
+                config_hash=config_hash(cfg),
+                dataset_digests=dict(d.split("=", 1) for d in dataset or ()),
+                code_version=code_version,
+                created_at=datetime.now(UTC),
+            )
+        target = Store.open(store)
+        total = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
+        with _hashing(total, "sealing") as progress:
+            manifest = target.seal(source, lineage, progress=progress)
+    except ArtifactError as exc:
+        raise _refuse(exc) from exc
+    typer.echo(manifest.id)
+
+
+@app.command()
+def sign(
+    artifact: Annotated[str, typer.Argument(help="Artifact id (sha256:...).")],
+    store: StoreOpt,
+    key: Annotated[Path | None, typer.Option(help="EC private key (PEM).")] = None,
+    cert: Annotated[
+        Path | None, typer.Option(help="Signing certificate (PEM), with --key.")
+    ] = None,
+    chain: Annotated[
+        list[Path] | None, typer.Option(help="Issuing certificates (PEM), with --cert.")
+    ] = None,
+    keyless: Annotated[bool, typer.Option(help="Sigstore keyless signing.")] = False,
+    trust_config: Annotated[
+        Path | None, typer.Option(help="Sigstore ClientTrustConfig JSON (keyless).")
+    ] = None,
+    token_file: Annotated[
+        Path, typer.Option(help="Projected service-account token (keyless).")
+    ] = Path("/var/run/secrets/sigstore/token"),
+    scorecard: Annotated[
+        Path | None, typer.Option(help="Sign this scorecard (subject: the artifact) instead.")
+    ] = None,
+) -> None:
+    """Sign a stored package (re-hashed first) or a scorecard about it."""
+    from studbook.artifacts import (
+        ArtifactError,
+        CertificateSigner,
+        KeylessSigner,
+        KeySigner,
+        Signer,
+        Store,
+        sign_artifact,
+        sign_scorecard,
+    )
+
+    signer: Signer
+    if keyless:
+        if trust_config is None:
+            raise typer.BadParameter("--keyless needs --trust-config")
+        signer = KeylessSigner(trust_config=trust_config, token_path=token_file)
+    elif key is not None and cert is not None:
+        if not chain:
+            raise typer.BadParameter("--cert needs --chain (at least the CA certificate)")
+        signer = CertificateSigner(key, cert, tuple(chain))
+    elif key is not None:
+        signer = KeySigner(key)
+    else:
+        raise typer.BadParameter("give --key, --key with --cert, or --keyless")
+    try:
+        target = Store.open(store)
+        if scorecard is not None:
+            name = sign_scorecard(target, artifact, scorecard.read_bytes(), signer)
+        else:
+            with _hashing(target.total_bytes(artifact), "hashing") as progress:
+                name = sign_artifact(target, artifact, signer, progress=progress)
+    except ArtifactError as exc:
+        raise _refuse(exc) from exc
+    typer.echo(name)
+
+
+@app.command()
+def verify(
+    artifact: Annotated[str, typer.Argument(help="Artifact id (sha256:...).")],
+    store: StoreOpt,
+    trusted_key: Annotated[
+        list[Path] | None, typer.Option(help="Trusted public key (PEM).")
+    ] = None,
+    ca: Annotated[list[Path] | None, typer.Option(help="Trusted CA bundle (PEM).")] = None,
+    san_pattern: Annotated[
+        list[str] | None, typer.Option(help="SAN regex for the --ca of the same position.")
+    ] = None,
+    identity: Annotated[str | None, typer.Option(help="Keyless identity (exact).")] = None,
+    identity_pattern: Annotated[str | None, typer.Option(help="Keyless identity (regex).")] = None,
+    oidc_issuer: Annotated[str | None, typer.Option(help="Keyless OIDC issuer.")] = None,
+    trust_config: Annotated[
+        Path | None, typer.Option(help="Sigstore ClientTrustConfig JSON (keyless).")
+    ] = None,
+    parents: Annotated[bool, typer.Option(help="Verify ancestors too.")] = True,
+    scorecards: Annotated[bool, typer.Option(help="Verify stored scorecards too.")] = False,
+) -> None:
+    """Verify a package: re-hash, recompute the id, check signature, signer and parents."""
+    from studbook.artifacts import (
+        ArtifactError,
+        Store,
+        TrustedCertificateAuthority,
+        TrustedKey,
+        TrustedKeylessIdentity,
+        TrustedSigner,
+        TrustPolicy,
+        Verifier,
+    )
+
+    signers: list[TrustedSigner] = [TrustedKey(p.read_bytes(), p.name) for p in trusted_key or ()]
+    cas, patterns = ca or [], san_pattern or []
+    if len(cas) != len(patterns):
+        raise typer.BadParameter("give one --san-pattern per --ca")
+    signers += [
+        TrustedCertificateAuthority(c.read_bytes(), p) for c, p in zip(cas, patterns, strict=True)
+    ]
+    if identity or identity_pattern:
+        if oidc_issuer is None or trust_config is None:
+            raise typer.BadParameter("keyless identities need --oidc-issuer and --trust-config")
+        signers.append(
+            TrustedKeylessIdentity(
+                issuer=oidc_issuer,
+                trust_config=trust_config.read_bytes(),
+                identity=identity,
+                identity_pattern=identity_pattern,
+            )
+        )
+    if not signers:
+        raise typer.BadParameter("trust someone: --trusted-key, --ca/--san-pattern or keyless")
+    try:
+        target = Store.open(store)
+        verifier = Verifier(target, TrustPolicy(tuple(signers), check_parents=parents))
+        with _hashing(target.total_bytes(artifact), "verifying") as progress:
+            result = verifier.verify(artifact, progress=progress)
+        cards = verifier.verify_scorecards(artifact) if scorecards else []
+    except ArtifactError as exc:
+        raise _refuse(exc) from exc
+    typer.echo(f"verified {result.id}, signed by {result.signer}")
+    for ancestor in result.ancestors():
+        typer.echo(f"  ancestor {ancestor.id}, signed by {ancestor.signer}")
+    for card in cards:
+        typer.echo(f"  scorecard signed by {card.signer}")
+
+
+@app.command()
+def lineage(
+    store: StoreOpt,
+    artifact: Annotated[str | None, typer.Argument(help="Limit to this artifact's family.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json, dot or mermaid.")] = "json",
+    output: Annotated[
+        Path | None, typer.Option(help="Write here; .png/.svg/.pdf render with Graphviz.")
+    ] = None,
+    path_to: Annotated[
+        str | None, typer.Option(help="Print the line of descent from ARTIFACT to this id.")
+    ] = None,
+) -> None:
+    """Show the lineage DAG (JSON, DOT, Mermaid) or render it as a picture."""
+    from studbook.artifacts import ArtifactError, LineageGraph, Store
+
+    try:
+        graph = LineageGraph.from_store(Store.open(store))
+        if artifact is not None and path_to is not None:
+            for node in graph.path(artifact, path_to):
+                typer.echo(node)
+            return
+        if artifact is not None:
+            graph = graph.family(artifact)
+        if output is not None and output.suffix in {".png", ".svg", ".pdf"}:
+            graph.render(output)
+            typer.echo(str(output))
+            return
+        if fmt == "json":
+            text = json.dumps(graph.to_json(), indent=2) + "\n"
+        elif fmt == "dot":
+            text = graph.to_dot()
+        elif fmt == "mermaid":
+            text = graph.to_mermaid()
+        else:
+            raise typer.BadParameter("--format is json, dot or mermaid")
+    except ArtifactError as exc:
+        raise _refuse(exc) from exc
+    if output is not None:
+        output.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+def inspect(
+    artifact: Annotated[str, typer.Argument(help="Artifact id (sha256:...).")],
+    store: StoreOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a package's manifest, lineage, signatures and scorecards (without verifying)."""
+    from studbook.artifacts import ArtifactError, Store
+    from studbook.artifacts.signing import describe
+
+    try:
+        info = describe(Store.open(store), artifact)
+    except ArtifactError as exc:
+        raise _refuse(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{info['id']}[/bold]  ({info['size']} bytes)")
+    console.print(f"digest: {info['digest']}")
+    table = Table("path", "size", "sha256")
+    for f in info["files"]:
+        table.add_row(f["path"], str(f["size"]), f["sha256"][:16] + "…")
+    console.print(table)
+    console.print("lineage:", info["lineage"])
+    for sig in info["signatures"]:
+        console.print(f"signature {sig['name']}: {sig['kind']} {sig.get('signer', '')}")
+    for card in info["scorecards"]:
+        console.print(f"scorecard {card['name']}: signed={card['signed']}")
 
 
 def main() -> None:
