@@ -74,16 +74,22 @@ class OperatorProcess:
 
 
 @pytest.fixture
-def operator(cluster: ControlPlane, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """A running operator for the test's namespace, with a fresh artifact store."""
+def idle_operator(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """An operator for the test's namespace and a fresh artifact store, not started yet."""
     store = tmp_path / "store"
     store.mkdir()
     process = OperatorProcess(cluster, namespace, store, tmp_path / "operator.log")
-    process.start()
     yield process
     process.stop()
-    if process.proc is not None and process.proc.returncode not in (0, -15, -9, None):
-        print(process.log.read_text()[-5000:])
+
+
+@pytest.fixture
+def operator(idle_operator: OperatorProcess) -> OperatorProcess:
+    """A running operator for the test's namespace."""
+    idle_operator.start()
+    return idle_operator
 
 
 def apply(kube: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,197 @@
+"""Refusals at admission against the real control plane, with real signed parents in a store.
+
+Parents are sealed and signed in the test's store and their Descendants marked Ready the way
+the operator marks them, before the operator starts; the operator must then refuse each child
+for its specific reason and create no Job for it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from kubernetes import client
+
+from studbook import GROUP, VERSION
+from studbook.artifacts import KeySigner, Lineage, Store
+from studbook.artifacts.signing import sign_artifact
+from tests.builders import Body
+from tests.integration.conftest import OperatorProcess, apply, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def _key(tmp_path: Path) -> tuple[KeySigner, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "signer.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return KeySigner(path), public.decode()
+
+
+def _seal(store: Store, tmp_path: Path, name: str) -> str:
+    model = tmp_path / "models" / name
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(name.encode() * 512)
+    (model / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    lineage = Lineage(
+        operator="import",
+        config_hash="sha256:" + "0" * 64,
+        code_version="0.1.0",
+        created_at=datetime(2026, 11, 22, tzinfo=UTC),
+    )
+    return store.seal(model, lineage).id
+
+
+def _ready_parent(
+    kube: client.ApiClient, namespace: str, name: str, artifact: str, store: Store, **spec: Any
+) -> None:
+    body = Body.of("founder-import").set("metadata.name", name)
+    for path, value in spec.items():
+        body.set(path, value)
+    created = apply(kube, namespace, body.manifest)
+    status = {
+        "phase": "Ready",
+        "stage": "candidate",
+        "observedGeneration": created["metadata"]["generation"],
+        "artifact": {
+            "id": artifact,
+            "shortId": artifact[7:19],
+            "uri": store.package_path(artifact),
+            "sizeBytes": 1,
+            "signer": "test-key",
+        },
+    }
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "descendants", name, {"status": status}
+    )
+
+
+def _status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    found = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "descendants", name
+    )
+    status: dict[str, Any] = found.get("status") or {}
+    return status
+
+
+def test_each_refusal_has_its_reason_and_creates_no_job(
+    kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    store = Store.open(idle_operator.store)
+    signer, public = _key(tmp_path)
+    signed = {}
+    for name in ("base", "sentiment", "topic", "gpt2ish", "sharealike", "tampered"):
+        signed[name] = _seal(store, tmp_path, name)
+        sign_artifact(store, signed[name], signer)
+    unsigned = _seal(store, tmp_path, "unsigned")
+    tampered_file = Path(store.package_path(signed["tampered"])) / "files" / "model.safetensors"
+    os.chmod(tampered_file, 0o644)
+    tampered_file.write_bytes(b"tampered" * 100)
+
+    policy = (
+        Body.of("policy")
+        .set(
+            "spec.trustedSigners",
+            [{"name": "test-key", "kind": "key", "key": {"publicKey": public}}],
+        )
+        .set("spec.allowedOperators", ["import", "lora", "merge", "finetune"])
+    )
+    apply(kube, namespace, policy.manifest)
+    apply(kube, namespace, Body.of("suite").manifest)
+    for name in ("base", "sentiment", "topic"):
+        _ready_parent(kube, namespace, name, signed[name], store)
+    _ready_parent(
+        kube,
+        namespace,
+        "gpt2ish",
+        signed["gpt2ish"],
+        store,
+        **{"spec.compatibility.tokenizerId": "gpt2-bpe-50257"},
+    )
+    _ready_parent(
+        kube,
+        namespace,
+        "sharealike",
+        signed["sharealike"],
+        store,
+        **{"spec.license": "CC-BY-SA-4.0"},
+    )
+    _ready_parent(kube, namespace, "tampered", signed["tampered"], store)
+    _ready_parent(kube, namespace, "unsigned", unsigned, store)
+
+    def lora(name: str, parent: str, rank: int = 8) -> dict[str, Any]:
+        return (
+            Body.of("lora-specialist")
+            .set("metadata.name", name)
+            .set("spec.parents", [{"name": parent}])
+            .set("spec.operator.lora.rank", rank)
+            .set("spec.compatibility.architecture", "BertModel")
+            .manifest
+        )
+
+    def merge(name: str, other: str) -> dict[str, Any]:
+        return (
+            Body.of("ties-merge")
+            .set("metadata.name", name)
+            .set("spec.parents", [{"name": "base"}, {"name": "sentiment"}, {"name": other}])
+            .set("spec.operator.merge.base", "base")
+            .set(
+                "spec.operator.merge.weights",
+                [{"parent": "sentiment", "weight": 1.0}, {"parent": other, "weight": 1.0}],
+            )
+            .set("spec.operator.merge.overrides", [])
+            .manifest
+        )
+
+    quantize = (
+        Body.of("quantization")
+        .set("metadata.name", "forbidden-quantize")
+        .set("spec.parents", [{"name": "base"}])
+    )
+    cases = {
+        "from-unsigned": (lora("from-unsigned", "unsigned"), "ParentUnsigned"),
+        "from-tampered": (lora("from-tampered", "tampered"), "ParentTampered"),
+        "forbidden-quantize": (quantize.manifest, "OperatorForbidden"),
+        "rank-over-budget": (lora("rank-over-budget", "base", rank=128), "BudgetExceeded"),
+        "incompatible-merge": (merge("incompatible-merge", "gpt2ish"), "IncompatibleParents"),
+        "licence-conflict": (merge("licence-conflict", "sharealike"), "LicenseConflict"),
+        "admitted": (lora("admitted", "base"), None),
+    }
+    for manifest, _ in cases.values():
+        apply(kube, namespace, manifest)
+    idle_operator.start()
+
+    for name, (_, reason) in cases.items():
+        if reason is None:
+            continue
+        wait_for(
+            lambda n=name: _status(kube, namespace, n).get("phase") == "Rejected",
+            timeout=60,
+            what=f"{name} rejected",
+            log=idle_operator.log,
+        )
+        status = _status(kube, namespace, name)
+        admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+        assert admitted["reason"] == reason, (name, status["message"])
+    wait_for(
+        lambda: _status(kube, namespace, "admitted").get("phase") == "Breeding",
+        timeout=60,
+        what="admitted child breeding",
+        log=idle_operator.log,
+    )
+    jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
+    assert sorted(j.metadata.name for j in jobs) == ["admitted-breed-1"]
