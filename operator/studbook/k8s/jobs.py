@@ -25,6 +25,7 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
 TASK_MOUNT = "/etc/studbook/task"
 NON_ROOT_UID = 65532
+SIGNING_MOUNT = "/etc/studbook/signing"
 
 COMMANDS: dict[Purpose, tuple[str, ...]] = {
     "breed": ("python", "-m", "studbook_trainer", "run"),
@@ -140,10 +141,11 @@ def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings
         {"name": "scratch", "mountPath": "/tmp"},
         {"name": "artifacts", "mountPath": settings.store_mount},
     ]
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
     if purpose == "sign" and settings.signing_secret:
         volumes.append({"name": "signing", "secret": {"secretName": settings.signing_secret}})
-        mounts.append({"name": "signing", "mountPath": "/etc/studbook/signing", "readOnly": True})
-    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+        mounts.append({"name": "signing", "mountPath": SIGNING_MOUNT, "readOnly": True})
+        env.append({"name": "STUDBOOK_SIGNING_DIR", "value": SIGNING_MOUNT})
     env += [{"name": key, "value": value} for key, value in settings.extra_env]
     pod_spec: Body = {
         "restartPolicy": "Never",
