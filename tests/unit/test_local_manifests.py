@@ -1,0 +1,93 @@
+"""Reading a breeding directory: every problem named by file and field, parents first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.builders import Body
+from tests.manifests import example
+
+from studbook.local.manifests import ManifestsError, load, manifest_files, order
+
+
+def _write(directory: Path, name: str, *documents: dict[str, Any]) -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+def _family(directory: Path) -> None:
+    _write(directory, "policy.yaml", example("policy"), example("suite"))
+    _write(directory, "founder.yaml", example("founder-import"))
+    _write(directory, "lora.yaml", example("lora-specialist"))
+    topic = Body.of("lora-specialist").set("metadata.name", "minilm-topic").manifest
+    _write(directory, "topic.yaml", topic)
+    _write(directory, "merge.yaml", example("ties-merge"))
+
+
+def test_directory_loads_and_orders_parents_first(tmp_path: Path) -> None:
+    _family(tmp_path)
+    manifests = load(manifest_files(tmp_path))
+    names = [d.metadata.name for d in order(manifests)]
+    assert names.index("minilm-base") < names.index("minilm-sentiment")
+    assert names.index("minilm-topic") < names.index("minilm-sentiment-topic-ties")
+    assert manifests.source(manifests.descendants["minilm-topic"]).endswith("topic.yaml")
+
+
+def test_typo_in_a_field_names_file_and_field(tmp_path: Path) -> None:
+    _family(tmp_path)
+    typo = Body.of("lora-specialist").set("spec.operator.lora.targetModule", ["query"]).manifest
+    path = _write(tmp_path, "lora.yaml", typo)
+    with pytest.raises(ManifestsError) as caught:
+        load(manifest_files(tmp_path))
+    text = str(caught.value)
+    assert f"{path}: spec.operator.lora.targetModule: Extra inputs are not permitted" in text
+    assert "no Descendant" not in text, "a broken parent is not also reported missing"
+
+
+def test_missing_parent_names_file_and_field(tmp_path: Path) -> None:
+    _family(tmp_path)
+    (tmp_path / "topic.yaml").unlink()
+    with pytest.raises(ManifestsError) as caught:
+        load(manifest_files(tmp_path))
+    assert "merge.yaml: spec.parents[2].name: no Descendant 'minilm-topic'" in str(caught.value)
+
+
+def test_parentage_cycle_is_refused(tmp_path: Path) -> None:
+    _family(tmp_path)
+    cyclic = (
+        Body.of("founder-import")
+        .set(
+            "spec.operator",
+            {
+                "kind": "finetune",
+                "finetune": {
+                    "task": "sequence-classification",
+                    "numLabels": 2,
+                    "datasets": ["d"],
+                    "steps": 10,
+                    "learningRate": 0.0001,
+                },
+            },
+        )
+        .set("spec.parents", [{"name": "minilm-sentiment"}])
+        .set("spec.data", [{"name": "d", "uri": "data.jsonl", "digest": "sha256:" + "0" * 64}])
+        .manifest
+    )
+    _write(tmp_path, "founder.yaml", cyclic)
+    with pytest.raises(ManifestsError) as caught:
+        load(manifest_files(tmp_path))
+    assert "parentage cycle: minilm-base -> minilm-sentiment -> minilm-base" in str(caught.value)
+
+
+def test_duplicate_names_and_bad_yaml_are_refused(tmp_path: Path) -> None:
+    _family(tmp_path)
+    _write(tmp_path, "again.yaml", example("founder-import"))
+    with pytest.raises(ManifestsError, match="also in"):
+        load(manifest_files(tmp_path))
+    (tmp_path / "again.yaml").write_text("kind: [unclosed")
+    with pytest.raises(ManifestsError, match="not valid YAML"):
+        load(manifest_files(tmp_path))
