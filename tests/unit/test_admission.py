@@ -80,14 +80,6 @@ def _cases() -> list[Case]:
             "GPUs 16",
         ),
         Case(
-            "parent-missing",
-            Body.of("ties-merge"),
-            {**_facts(*ties()), "minilm-topic": None},
-            reasons.PARENT_NOT_FOUND,
-            "spec.parents[2]",
-            "'minilm-topic' does not exist",
-        ),
-        Case(
             "parent-failed",
             Body.of("lora-specialist"),
             _facts(Parent("minilm-base").with_(ready=False, failed="Rejected: licence")),
@@ -202,6 +194,14 @@ def test_parent_not_ready_is_waited_for_not_refused() -> None:
     assert decision.refusals == ()
     assert decision.waiting_for == ("minilm-sentiment",)
     assert not decision.admitted
+
+
+def test_missing_parent_is_not_a_refusal_but_forbidden_operator_is_judged_at_once() -> None:
+    parents = {**_facts(*_ties_parents()), "minilm-topic": None}
+    policy = Body.of("policy").set("spec.allowedOperators", ["lora"]).policy().spec
+    decision = admit(Body.of("ties-merge").descendant().spec, policy, parents)
+    assert decision.missing == ("minilm-topic",)
+    assert [r.reason for r in decision.refusals] == [reasons.OPERATOR_FORBIDDEN]
 
 
 def test_unsigned_parent_admitted_when_policy_does_not_require_signatures() -> None:

@@ -170,3 +170,17 @@ def test_unchanged_observation_gives_unchanged_status() -> None:
         observe(first.status, jobs=job("breed", 1, "Running"), now=T0 + timedelta(minutes=1))
     )
     assert again.status == first.status, "no status patch when nothing changed"
+
+
+def test_refusal_wins_over_missing_references() -> None:
+    refused = Decision(
+        refusals=(Refusal(reasons.OPERATOR_FORBIDDEN, "spec.operator.kind", "not allowed"),),
+        missing=("minilm-topic",),
+    )
+    plan = reconcile(
+        observe(
+            missing=((reasons.PARENT_NOT_FOUND, "parent 'minilm-topic' not found"),),
+            decision=refused,
+        )
+    )
+    assert plan.status.phase == "Rejected" and plan.create == ()

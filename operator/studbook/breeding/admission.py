@@ -68,13 +68,15 @@ class Decision:
     """Why the descendant is refused; empty when admitted."""
     waiting_for: tuple[str, ...] = ()
     """Parents that exist but are not Ready yet; admission is decided once they are."""
+    missing: tuple[str, ...] = ()
+    """Parents that do not exist (yet: manifests applied together arrive in any order)."""
     restrictions: frozenset[str] = field(default_factory=frozenset)
     """Data restrictions the descendant inherits."""
 
     @property
     def admitted(self) -> bool:
         """Admitted: nothing refused and nothing to wait for."""
-        return not self.refusals and not self.waiting_for
+        return not self.refusals and not self.waiting_for and not self.missing
 
 
 WEIGHT_SPACE_FIELDS = ("base_family", "tokenizer_id", "architecture")
@@ -146,16 +148,15 @@ def _budget(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusa
 
 def _parents(
     spec: DescendantSpec, policy: BreedingPolicySpec, parents: Mapping[str, ParentFacts | None]
-) -> tuple[list[Refusal], list[str]]:
+) -> tuple[list[Refusal], list[str], list[str]]:
     refusals: list[Refusal] = []
     waiting: list[str] = []
+    missing: list[str] = []
     for i, ref in enumerate(spec.parents):
         where = f"spec.parents[{i}]"
         facts = parents.get(ref.name)
         if facts is None:
-            refusals.append(
-                Refusal(reasons.PARENT_NOT_FOUND, where, f"parent {ref.name!r} does not exist")
-            )
+            missing.append(ref.name)
         elif facts.failed is not None:
             refusals.append(
                 Refusal(
@@ -190,7 +191,7 @@ def _parents(
                     f"parent {ref.name!r} is {facts.artifact_id}, not the pinned {ref.artifact_id}",
                 )
             )
-    return refusals, waiting
+    return refusals, waiting, missing
 
 
 def _compatibility(
@@ -299,13 +300,14 @@ def admit(
     """Decide whether a descendant may be bred under a policy.
 
     ``parents`` maps each parent name of the spec to what is known of it, or ``None`` when no
-    such parent exists. Every refusal is reported, not only the first.
+    such parent exists. Every refusal is reported, not only the first; what can be judged
+    without the missing parents is judged at once.
     """
     refusals = [*_operator(spec, policy), *_budget(spec, policy)]
-    parent_refusals, waiting = _parents(spec, policy, parents)
+    parent_refusals, waiting, missing = _parents(spec, policy, parents)
     refusals += parent_refusals
     known = [facts for ref in spec.parents if (facts := parents.get(ref.name)) is not None]
     refusals += [*_compatibility(spec, policy, known), *_licenses(spec, policy, known)]
     restricted, inherited = _restrictions(spec, policy, known)
     refusals += restricted
-    return Decision(tuple(refusals), tuple(waiting), inherited)
+    return Decision(tuple(refusals), tuple(waiting), tuple(missing), inherited)

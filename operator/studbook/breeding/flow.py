@@ -166,22 +166,22 @@ class _Builder:
 def _admission(b: _Builder) -> bool:
     """Whether the flow may go past admission; sets Admitted and the phase otherwise."""
     o = b.observed
-    if o.missing:
-        message = "; ".join(text for _, text in o.missing)
-        b.condition(reasons.ADMITTED, False, o.missing[0][0], f"waiting: {message}")
-        b.phase("Pending", f"waiting: {message}")
-        b.requeue = 10.0
-        return False
     decision = o.decision
-    if decision is None:
-        raise ValueError("an observation without missing references must carry a decision")
-    if decision.refusals:
+    if decision is not None and decision.refusals:
         first = decision.refusals[0]
         message = "; ".join(str(r) for r in decision.refusals)
         b.condition(reasons.ADMITTED, False, first.reason, message)
         b.condition(reasons.READY, False, first.reason, "refused at admission")
         b.phase("Rejected", message, warning=True)
         return False
+    if o.missing:
+        message = "; ".join(text for _, text in o.missing)
+        b.condition(reasons.ADMITTED, False, o.missing[0][0], f"waiting: {message}")
+        b.phase("Pending", f"waiting: {message}")
+        b.requeue = 10.0
+        return False
+    if decision is None:
+        raise ValueError("an observation without missing references must carry a decision")
     if decision.waiting_for:
         names = ", ".join(decision.waiting_for)
         b.condition(reasons.ADMITTED, None, reasons.PARENT_NOT_READY, f"waiting for {names}")

@@ -143,14 +143,14 @@ class Controller:
         if policy is not None:
             for ref in spec.parents:
                 parents[ref.name] = self._parent(namespace, policy, ref.name)
-        missing += [
-            (reasons.PARENT_NOT_FOUND, f"parent {name!r} not found")
-            for name, facts in parents.items()
-            if facts is None
-        ]
-        if missing or policy is None:
+        if policy is None:
             return Observed(generation, status, now, missing=tuple(missing))
         decision = admit(spec, policy.spec, parents)
+        missing += [
+            (reasons.PARENT_NOT_FOUND, f"parent {name!r} not found") for name in decision.missing
+        ]
+        if missing or decision.refusals:
+            return Observed(generation, status, now, missing=tuple(missing), decision=decision)
         jobs = self._jobs(namespace, descendant.metadata.name)
         breed = self._result(descendant, jobs, "breed", BreedResultFile)
         evaluate = self._result(descendant, jobs, "evaluate", EvaluateResultFile)

@@ -29,7 +29,12 @@ TIMER_INTERVAL = 10.0
 
 
 def _post(body: dict[str, Any], event: Event) -> None:
-    kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=event.type, reason=event.reason, message=event.message[:1024])
+    kopf.event(
+        kopf.Body(cast(kopf.RawBody, body)),
+        type=event.type,
+        reason=event.reason,
+        message=event.message[:1024],
+    )
 
 
 @kopf.on.startup()
