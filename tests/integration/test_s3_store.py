@@ -77,6 +77,7 @@ def model(tmp_path: Path, seed: int = 0) -> Path:
     (d / "config.json").write_text(json.dumps({"seed": seed}))
     (d / "tokenizer").mkdir(exist_ok=True)
     (d / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (d / "tokenizer" / "added_tokens.txt").write_bytes(b"")
     return d
 
 

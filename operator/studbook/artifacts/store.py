@@ -320,8 +320,9 @@ class Store:
             return self.manifest(manifest.id)
         base = self._files(manifest.id)
         # Objects without a manifest are invisible; the manifest is the commit point.
-        for rel, _size in plain:
-            self.fs.put_file(str(src / rel), f"{base}/{rel}")
+        if plain:
+            # One call with lists: async filesystems (s3fs, gcsfs) upload concurrently.
+            self.fs.put([str(src / rel) for rel, _ in plain], [f"{base}/{rel}" for rel, _ in plain])
         self.fs.pipe_file(f"{base}/{LINEAGE_FILE}", lineage_bytes)
         stored = dict(self._listing(manifest.id))
         for entry in manifest.files:
@@ -367,9 +368,11 @@ class Store:
         try:
             tmp.mkdir(parents=True)
             for entry in manifest.files:
-                out = tmp / entry.path
-                out.parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get_file(f"{self._files(artifact)}/{entry.path}", str(out))
+                (tmp / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get(
+                [f"{self._files(artifact)}/{e.path}" for e in manifest.files],
+                [str(tmp / e.path) for e in manifest.files],
+            )
             hashed = hash_files(
                 scan_local(tmp),
                 local_range_reader(tmp),
