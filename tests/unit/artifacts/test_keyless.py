@@ -152,3 +152,32 @@ def test_a_token_from_an_untrusted_key_cannot_sign(
     with pytest.raises(E.SigningError):
         sign_artifact(store, artifact, signer)
     assert store.signatures(artifact) == []
+
+
+def test_keyless_through_the_cli(
+    tmp_path: Path,
+    model_dir: Callable[..., Path],
+    sigstore: SigstoreStandIn,
+    token_file: Callable[..., Path],
+) -> None:
+    from typer.testing import CliRunner
+
+    from studbook.cli import app
+
+    runner = CliRunner()
+    store = str(tmp_path / "cli-store")
+    result = runner.invoke(app, ["seal", str(model_dir(seed=9)), "-s", store])
+    assert result.exit_code == 0, result.output
+    artifact = result.output.strip()
+    sign = ["sign", artifact, "-s", store, "--keyless"]
+    sign += ["--trust-config", str(sigstore.trust_config), "--token-file", str(token_file())]
+    result = runner.invoke(app, sign)
+    assert result.exit_code == 0, result.output
+    verify = ["verify", artifact, "-s", store, "--oidc-issuer", sigstore.issuer]
+    verify += ["--trust-config", str(sigstore.trust_config)]
+    result = runner.invoke(app, [*verify, "--identity", sigstore.identity(NS, SA)])
+    assert result.exit_code == 0, result.output
+    assert f"keyless:{sigstore.identity(NS, SA)}" in result.output
+    result = runner.invoke(app, [*verify, "--identity", sigstore.identity(NS, "default")])
+    assert result.exit_code == 1
+    assert "SignerNotTrusted" in result.output
