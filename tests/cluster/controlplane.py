@@ -249,6 +249,7 @@ class ControlPlane:
     api_port: int = 0
     startup_seconds: float = 0.0
     crd_names: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -285,18 +286,33 @@ class ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         pki = _make_pki(self.workdir / "pki")
+
+        def mark(step: str) -> None:
+            self.timings[step] = round(time.monotonic() - began, 2)
+
         try:
             self._start_etcd()
+            mark("etcd")
             self._start_apiserver(pki)
             self.kubeconfig.write_text(_kubeconfig(self.server, pki))
-            self._wait_http("kube-apiserver", self.api_port, "/readyz", pki)
-            self._start_controller_manager(pki)
-            self._start_scheduler()
-            self._create_nodes()
-            self._start_kwok()
+            # Python with the kubernetes client takes seconds to import on a busy machine, so
+            # the runner starts now and registers its node once the apiserver answers.
             self._start_runner()
+            self._wait_http("kube-apiserver", self.api_port, "/readyz", pki)
+            mark("kube-apiserver")
+            self._create_nodes()
+            # The rest only talk to the apiserver: start them together, then wait for each.
+            kcm_port = self._start_controller_manager(pki)
+            scheduler_port = self._start_scheduler()
+            self._start_kwok()
+            self._wait_http("kube-controller-manager", kcm_port, "/healthz", None, insecure=True)
+            mark("kube-controller-manager")
+            self._wait_http("kube-scheduler", scheduler_port, "/healthz", None, insecure=True)
+            mark("kube-scheduler")
             self._wait_nodes_ready()
+            mark("nodes")
             self._wait_default_service_account()
+            mark("default-service-account")
         except BaseException:
             self.stop()
             raise
@@ -308,6 +324,7 @@ class ControlPlane:
                     "server": self.server,
                     "kubeconfig": str(self.kubeconfig),
                     "startup_seconds": round(self.startup_seconds, 2),
+                    "timings": self.timings,
                 },
                 indent=2,
             )
@@ -366,6 +383,9 @@ class ControlPlane:
                 f"--bind-address={LOOPBACK}",
                 # Without a default route the apiserver cannot pick an address by itself.
                 f"--advertise-address={LOOPBACK}",
+                # 1.37 refuses a loopback address in the `kubernetes` Service's endpoints; nothing
+                # in the tests reaches the apiserver through that Service.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
@@ -382,15 +402,13 @@ class ControlPlane:
             ],
         )
 
-    def _start_controller_manager(self, pki: _Pki) -> None:
+    def _start_controller_manager(self, pki: _Pki) -> int:
         port = free_port()
         self._spawn(
             "kube-controller-manager",
             [
                 str(self.bin_dir / "kube-controller-manager"),
                 f"--kubeconfig={self.kubeconfig}",
-                f"--authentication-kubeconfig={self.kubeconfig}",
-                f"--authorization-kubeconfig={self.kubeconfig}",
                 f"--bind-address={LOOPBACK}",
                 f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
@@ -404,17 +422,15 @@ class ControlPlane:
                 "--v=1",
             ],
         )
-        self._wait_http("kube-controller-manager", port, "/healthz", pki, insecure=True)
+        return port
 
-    def _start_scheduler(self) -> None:
+    def _start_scheduler(self) -> int:
         port = free_port()
         self._spawn(
             "kube-scheduler",
             [
                 str(self.bin_dir / "kube-scheduler"),
                 f"--kubeconfig={self.kubeconfig}",
-                f"--authentication-kubeconfig={self.kubeconfig}",
-                f"--authorization-kubeconfig={self.kubeconfig}",
                 f"--bind-address={LOOPBACK}",
                 f"--secure-port={port}",
                 f"--cert-dir={self.workdir / 'scheduler-certs'}",
@@ -422,7 +438,7 @@ class ControlPlane:
                 "--v=1",
             ],
         )
-        self._wait_http("kube-scheduler", port, "/healthz", None, insecure=True)
+        return port
 
     def _start_kwok(self) -> None:
         self._spawn(
@@ -543,12 +559,17 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         try:
             while True:
+                # Ready, and the node lifecycle controller has lifted its not-ready taints, so
+                # the scheduler can use the node.
                 ready = {
                     node.metadata.name
                     for node in core.list_node().items
                     if any(
                         c.type == "Ready" and c.status == "True"
                         for c in (node.status.conditions or [])
+                    )
+                    and not any(
+                        t.key.startswith("node.kubernetes.io/") for t in (node.spec.taints or [])
                     )
                 }
                 if wanted <= ready:
@@ -647,15 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line of up.sh / down.sh."""
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.controlplane")
     parser.add_argument("action", choices=["up", "down"])
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path(
-            os.environ.get(
-                "STUDBOOK_CLUSTER_DIR", Path(tempfile.gettempdir()) / "studbook-dev-cluster"
-            )
-        ),
-    )
+    default_workdir = Path(
+        os.environ.get("STUDBOOK_CLUSTER_DIR", Path(tempfile.gettempdir()) / "studbook-dev-cluster")
+    ).resolve()
+    parser.add_argument("--workdir", type=Path, default=default_workdir)
     args = parser.parse_args(argv)
     workdir: Path = args.workdir.resolve()
 
@@ -683,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  kubectl get nodes\n"
         f"logs: {plane.log_dir}\n"
         f"stop: tests/cluster/down.sh"
-        + (f" --workdir {workdir}" if "STUDBOOK_CLUSTER_DIR" not in os.environ else "")
+        + (f" --workdir {workdir}" if workdir != default_workdir else "")
     )
     return 0
 

@@ -670,7 +670,15 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
-    runner.register_node()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            runner.register_node()
+            break
+        except Exception:  # the apiserver may still be starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     threading.Thread(target=runner.heartbeat_forever, daemon=True).start()
     log.info("running pods of node %s under %s", args.node, args.root)
     runner.watch_forever()

@@ -7,6 +7,7 @@ shows up here first.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +74,9 @@ LOCAL_PLACEMENT: dict[str, Any] = {
 }
 
 
-def test_every_crd_applies_and_is_established(cluster: ControlPlane, kube: client.ApiClient):
+def test_every_crd_applies_and_is_established(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str
+):
     crds = load_crds()
     assert crds, "crds/ holds no CustomResourceDefinition"
     ext = client.ApiextensionsV1Api(kube)
@@ -86,7 +89,9 @@ def test_every_crd_applies_and_is_established(cluster: ControlPlane, kube: clien
         assert conditions.get("Established") == "True", (name, conditions)
         assert conditions.get("NamesAccepted") == "True", (name, conditions)
         # Established means the apiserver serves the new resource: listing it works.
-        listing = custom.list_cluster_custom_object(GROUP, VERSION, served.spec.names.plural)
+        listing = custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, served.spec.names.plural
+        )
         assert listing["items"] == []
 
 
@@ -303,4 +308,35 @@ def _create(kube: client.ApiClient, namespace: str, manifest: dict[str, Any]) ->
     # Strict, as kubectl does: unknown fields are refused instead of silently pruned.
     return client.CustomObjectsApi(kube).create_namespaced_custom_object(  # type: ignore[no-any-return]
         GROUP, VERSION, namespace, _plural(body["kind"]), body, field_validation="Strict"
+    )
+
+
+@pytest.mark.parametrize("wrong", WRONG_MANIFESTS, ids=lambda w: w.id)
+def test_wrong_manifest_is_refused_by_the_api_server(
+    kube: client.ApiClient, namespace: str, wrong: WrongManifest
+):
+    with pytest.raises(ApiException) as refused:
+        _create(kube, namespace, wrong.build())
+    # 422 for schema and CEL violations; 400 when strict decoding meets an unknown field.
+    assert refused.value.status in (400, 422), refused.value.body
+    message = json.loads(refused.value.body)["message"]
+    # The apiserver names the offending field the way the typed models do.
+    assert wrong.field in message, message
+
+
+def test_descendant_spec_is_immutable(kube: client.ApiClient, namespace: str):
+    created = _create(kube, namespace, example("lora-specialist"))
+    name = created["metadata"]["name"]
+    changed = copy.deepcopy(created)
+    changed["spec"]["operator"]["lora"]["rank"] = 16
+    custom = client.CustomObjectsApi(kube)
+    with pytest.raises(ApiException) as refused:
+        custom.replace_namespaced_custom_object(
+            GROUP, VERSION, namespace, "descendants", name, changed
+        )
+    assert refused.value.status == 422
+    assert "spec is immutable" in json.loads(refused.value.body)["message"]
+    # Status is not spec: the controller may still record progress.
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "descendants", name, {"status": {"phase": "Pending"}}
     )
