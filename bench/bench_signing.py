@@ -8,15 +8,23 @@ Generates a package of a few safetensors-shaped files, one much larger than the 
   so the fastest possible hashing of the package takes wall / cores.
 * for context: ``openssl dgst -sha256`` with one process per file, at most one per core
   (``xargs -P``), which one dominant file bounds.
-* studbook sign: re-hash the stored package (sharded, a thread per core) and sign with an
-  EC P-256 key (model-signing), storing the signature.
+* for context: ``openssl speed -multi <cores>``, SHA-256 compute on every core with no I/O.
+* studbook sign: re-hash the stored package (a thread per core) and sign with an EC P-256 key
+  (model-signing), storing the signature.
 * studbook verify: re-hash, recompute the id, check the signature and the signer.
+
+Both package layouts are measured, sealed from the same files: ``sha256-shard-tree`` (the
+default: files cut in 64 MiB shards hashed on every core, so one dominant file does not leave
+cores idle) and plain per-file ``sha256`` (each file on one core: the largest file bounds it).
 
 Each measurement is taken ``--repeat`` times with the page cache warm (files are read once
 before), the best is kept, and the ratio of throughputs (limit time / our time) is printed for
 signing and for verification, with the CPU use of our process (1.0 = every core busy).
 
     nice -n 10 .venv/bin/python bench/bench_signing.py --size-gb 2
+
+Options: ``--dominant`` (share of the largest file, default 0.6), ``--repeat`` (default 3),
+``--workers``, ``--file-digests``, ``--workdir``, ``--json`` (write the results there too).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from studbook.artifacts import (  # noqa: E402
+    DigestParams,
     KeySigner,
     Lineage,
     Store,
@@ -53,7 +62,7 @@ from studbook.artifacts import (  # noqa: E402
     Verifier,
     sign_artifact,
 )
-from studbook.artifacts.digest import default_workers  # noqa: E402
+from studbook.artifacts.digest import FILE_DIGESTS, default_workers  # noqa: E402
 
 GB = 1000**3
 BLOCK = 16 * 1024 * 1024
@@ -167,14 +176,20 @@ def main() -> None:
     parser.add_argument("--dominant", type=float, default=0.6, help="share of the largest file")
     parser.add_argument("--workers", type=int, default=0, help="hashing threads (default: cores)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--file-digests",
+        default=",".join(FILE_DIGESTS),
+        help="package layouts to measure (default: both sha256-shard-tree and plain sha256)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
     cores = args.workers or default_workers()
+    layouts = [x for x in args.file_digests.split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="studbook-bench-", dir=args.workdir))
     try:
-        print(f"generating {args.size_gb} GB in {work} ...", file=sys.stderr)
+        print(f"generating {args.size_gb} GB in {work} ...", file=sys.stderr, flush=True)
         src = make_package(work, args.size_gb, args.dominant)
         store = Store.open(work / "store")
         lineage = Lineage(
@@ -183,10 +198,15 @@ def main() -> None:
             code_version="bench",
             created_at=datetime.now(UTC),
         )
-        manifest = store.seal(src, lineage)
+        ids = {
+            fd: store.seal(src, lineage, params=DigestParams(file_digest=fd)).id for fd in layouts
+        }
         shutil.rmtree(src)
-        files_dir = Path(store.package_path(manifest.id)) / "files"
-        files = sorted(p for p in files_dir.rglob("*") if p.is_file())
+        first = Path(store.package_path(ids[layouts[0]])) / "files"
+        files = sorted(p for p in first.rglob("*") if p.is_file())
+        every_file = sorted(
+            p for a in ids.values() for p in (Path(store.package_path(a)) / "files").rglob("*")
+        )
         total = sum(p.stat().st_size for p in files)
 
         key = ec.generate_private_key(ec.SECP256R1())
@@ -198,59 +218,56 @@ def main() -> None:
                 serialization.NoEncryption(),
             )
         )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        policy = TrustPolicy(
+            (
+                TrustedKey(
+                    key.public_key().public_bytes(
+                        serialization.Encoding.PEM,
+                        serialization.PublicFormat.SubjectPublicKeyInfo,
+                    )
+                ),
+            )
         )
         import model_signing  # noqa: F401  (import cost is not hashing)
 
-        sig_dir = Path(store.package_path(manifest.id)) / "signatures"
+        def signer_of(artifact: str) -> Callable[[], None]:
+            sig_dir = Path(store.package_path(artifact)) / "signatures"
 
-        def sign() -> None:
-            for f in sig_dir.iterdir():
-                f.unlink()
-            sign_artifact(store, manifest.id, KeySigner(key_path), workers=cores)
+            def sign() -> None:
+                for f in sig_dir.iterdir():
+                    f.unlink()
+                sign_artifact(store, artifact, KeySigner(key_path), workers=cores)
 
-        def verify() -> None:
-            Verifier(store, TrustPolicy((TrustedKey(public),)), workers=cores).verify(manifest.id)
+            return sign
+
+        def verifier_of(artifact: str) -> Callable[[], None]:
+            return lambda: Verifier(store, policy, workers=cores).verify(artifact) and None
 
         speeds: list[float] = []
-        timings = best_of(
-            {
-                "speed": lambda: speeds.append(openssl_speed(cores)),
-                "limit": lambda: openssl_all_cores(files, cores),
-                "per_file": lambda: openssl_per_file(files, cores),
-                "sign": sign,
-                "verify": verify,
-            },
-            args.repeat,
-            files,
-        )
-        speed = max(speeds)
-        limit = timings["limit"].wall / cores
-        per_file, signed, verified = timings["per_file"], timings["sign"], timings["verify"]
+        fns: dict[str, Callable[[], Any]] = {
+            "speed": lambda: speeds.append(openssl_speed(cores)),
+            "limit": lambda: openssl_all_cores(files, cores),
+            "per_file": lambda: openssl_per_file(files, cores),
+        }
+        for fd, artifact in ids.items():
+            fns[f"sign {fd}"] = signer_of(artifact)
+            fns[f"verify {fd}"] = verifier_of(artifact)
+        timings = best_of(fns, args.repeat, [p for p in every_file if p.is_file()])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    speed = max(speeds)
+    limit = timings["limit"].wall / cores
     rate = lambda t: total / t / GB  # noqa: E731
-    results = {
+    results: dict[str, Any] = {
         "bytes": total,
         "files": len(files),
         "largest_share": args.dominant,
         "cores": cores,
         "openssl_all_cores_limit_s": limit,
         "openssl_all_cores_GBps": rate(limit),
-        "openssl_per_file_s": per_file.wall,
+        "openssl_per_file_s": timings["per_file"].wall,
         "openssl_speed_GBps": speed / GB,
-        "sign_vs_speed": total / speed / signed.wall,
-        "verify_vs_speed": total / speed / verified.wall,
-        "sign_s": signed.wall,
-        "sign_GBps": rate(signed.wall),
-        "sign_ratio": limit / signed.wall,
-        "sign_cpu_busy": signed.cpu / signed.wall / cores,
-        "verify_s": verified.wall,
-        "verify_GBps": rate(verified.wall),
-        "verify_ratio": limit / verified.wall,
-        "verify_cpu_busy": verified.cpu / verified.wall / cores,
     }
     print(
         f"package: {total / GB:.2f} GB in {len(files)} files, largest {args.dominant:.0%};"
@@ -260,24 +277,31 @@ def main() -> None:
         f"openssl dgst -sha256, {cores} processes over all files: limit {limit:.2f} s"
         f" ({rate(limit):.2f} GB/s)"
     )
+    per_file = timings["per_file"].wall
     print(
-        f"openssl dgst -sha256, one process per file (-P{cores}): {per_file.wall:.2f} s"
-        f" ({rate(per_file.wall):.2f} GB/s)"
+        f"openssl dgst -sha256, one process per file (-P{cores}): {per_file:.2f} s"
+        f" ({rate(per_file):.2f} GB/s)"
     )
     print(
         f"openssl speed -multi {cores} (compute only, no I/O): {speed / GB:.2f} GB/s"
         f" -> {total / speed:.2f} s"
     )
-    print(
-        f"studbook sign (hash + sign):   {signed.wall:.2f} s ({rate(signed.wall):.2f} GB/s)"
-        f"  ratio {results['sign_ratio']:.2f} (vs speed {results['sign_vs_speed']:.2f})"
-        f"  cpu busy {results['sign_cpu_busy']:.0%}"
-    )
-    print(
-        f"studbook verify:               {verified.wall:.2f} s ({rate(verified.wall):.2f} GB/s)"
-        f"  ratio {results['verify_ratio']:.2f} (vs speed {results['verify_vs_speed']:.2f})"
-        f"  cpu busy {results['verify_cpu_busy']:.0%}"
-    )
+    for fd in ids:
+        for step in ("sign", "verify"):
+            t = timings[f"{step} {fd}"]
+            ratio, vs_speed, busy = limit / t.wall, total / speed / t.wall, t.cpu / t.wall / cores
+            results[f"{step}[{fd}]"] = {
+                "s": t.wall,
+                "GBps": rate(t.wall),
+                "ratio": ratio,
+                "ratio_vs_speed": vs_speed,
+                "cpu_busy": busy,
+            }
+            label = f"studbook {step} ({fd})"
+            print(
+                f"{label:<36} {t.wall:.2f} s ({rate(t.wall):.2f} GB/s)  ratio {ratio:.2f}"
+                f" (vs speed {vs_speed:.2f})  cpu busy {busy:.0%}"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -141,9 +141,12 @@ def seal(
         list[str] | None, typer.Option(help="NAME=DIGEST of a dataset read.")
     ] = None,
     code_version: Annotated[str, typer.Option(help="Trainer version.")] = __version__,
+    file_digest: Annotated[
+        str, typer.Option(help="sha256-shard-tree (parallel within files) or sha256.")
+    ] = "sha256-shard-tree",
 ) -> None:
     """Seal a directory into an immutable, content-addressed package; print its id."""
-    from studbook.artifacts import ArtifactError, Lineage, Store, config_hash
+    from studbook.artifacts import ArtifactError, DigestParams, Lineage, Store, config_hash
 
     try:
         if lineage_file is not None:
@@ -161,7 +164,8 @@ def seal(
         target = Store.open(store)
         total = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
         with _hashing(total, "sealing") as progress:
-            manifest = target.seal(source, lineage, progress=progress)
+            params = DigestParams(file_digest=file_digest)
+            manifest = target.seal(source, lineage, params=params, progress=progress)
     except ArtifactError as exc:
         raise _refuse(exc) from exc
     typer.echo(manifest.id)

@@ -36,6 +36,9 @@ DEFAULT_SHARD_SIZE = 64 * 1024 * 1024
 
 _CHUNK = 4 * 1024 * 1024
 
+FILE_DIGESTS = ("sha256-shard-tree", "sha256")
+"""The supported ways to form a file's digest."""
+
 
 @dataclass(frozen=True)
 class DigestParams:
@@ -44,24 +47,34 @@ class DigestParams:
     algorithm: str = "sha256"
     """The hash of files, shards, the tree and the id."""
     file_digest: str = "sha256-shard-tree"
-    """How a file's digest is formed from its shards (see the module docstring)."""
+    """How a file's digest is formed: ``sha256-shard-tree`` (see the module docstring) or
+    ``sha256``, the plain SHA-256 of every file (one core per file, however large)."""
     shard_size: int = DEFAULT_SHARD_SIZE
-    """Shard size in bytes."""
+    """Shard size in bytes (``sha256-shard-tree`` only)."""
     canonicalization: str = "rfc8785"
     """How the file list is serialized before the id is taken."""
     layout: str = LAYOUT
     """The package layout version."""
 
     def __post_init__(self) -> None:
-        if (self.algorithm, self.file_digest, self.canonicalization, self.layout) != (
+        if (self.algorithm, self.canonicalization, self.layout) != (
             "sha256",
-            "sha256-shard-tree",
             "rfc8785",
             LAYOUT,
-        ):
+        ) or self.file_digest not in FILE_DIGESTS:
             raise PackageFormatError(f"unsupported digest parameters: {self}")
         if self.shard_size < 1024 * 1024:
             raise PackageFormatError("shard_size must be at least 1 MiB")
+
+    def ranges(self, size: int) -> list[tuple[int, int]]:
+        """The ``[start, end)`` pieces a file is hashed in (none for an empty file)."""
+        if self.file_digest == "sha256":
+            return [(0, size)] if size else []
+        return shard_ranges(size, self.shard_size)
+
+    def combine(self, size: int, digests: Sequence[bytes]) -> str:
+        """The file digest of the id from the digests of its pieces."""
+        return file_digest(size, digests)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form written to the manifest."""
@@ -216,7 +229,7 @@ def hash_files(
     report = progress or (lambda _n: None)
     jobs: list[tuple[str, int, int]] = []
     for path, size in files:
-        jobs.extend((path, s, e) for s, e in shard_ranges(size, params.shard_size))
+        jobs.extend((path, s, e) for s, e in params.ranges(size))
     # Longest first keeps the cores busy to the end when shards differ in size.
     jobs.sort(key=lambda j: j[2] - j[1], reverse=True)
     n = max(1, min(workers or default_workers(), len(jobs) or 1))
@@ -228,10 +241,8 @@ def hash_files(
                 results[(job[0], job[1])] = digest
     hashed: list[HashedFile] = []
     for path, size in sorted(files):
-        shards = tuple(
-            Shard(path, s, e, results[(path, s)]) for s, e in shard_ranges(size, params.shard_size)
-        )
-        entry = FileEntry(path, size, file_digest(size, [s.sha256 for s in shards]))
+        shards = tuple(Shard(path, s, e, results[(path, s)]) for s, e in params.ranges(size))
+        entry = FileEntry(path, size, params.combine(size, [s.sha256 for s in shards]))
         hashed.append(HashedFile(entry, shards))
     return hashed
 

@@ -254,6 +254,16 @@ def _shard_manifest(artifact: str, hashed: Sequence[HashedFile], params: DigestP
     from model_signing import manifest as ms_manifest
     from model_signing._hashing.hashing import Digest
 
+    if params.file_digest == "sha256":
+        # Plain per-file digests: model-signing's file serialization.
+        files = [
+            ms_manifest.FileManifestItem(
+                path=Path(h.entry.path), digest=Digest("sha256", bytes.fromhex(h.entry.sha256))
+            )
+            for h in hashed
+        ]
+        return ms_manifest.Manifest(artifact, files, ms_manifest._FileSerialization("sha256"))
+
     # model-signing names shard digests this way; matching it keeps stock verifiers happy.
     algorithm = f"sha256-sharded-{params.shard_size}"
     items = [

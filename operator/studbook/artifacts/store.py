@@ -28,11 +28,9 @@ from studbook.artifacts.digest import (
     FileEntry,
     HashedFile,
     RangeReader,
-    file_digest,
     hash_files,
     local_range_reader,
     scan_local,
-    shard_ranges,
     split_id,
 )
 from studbook.artifacts.errors import (
@@ -474,10 +472,8 @@ def compare(manifest: Manifest, actual: list[FileEntry]) -> None:
 
 
 def _entry_of_bytes(path: str, data: bytes, params: DigestParams) -> FileEntry:
-    digests = [
-        hashlib.sha256(data[s:e]).digest() for s, e in shard_ranges(len(data), params.shard_size)
-    ]
-    return FileEntry(path, len(data), file_digest(len(data), digests))
+    digests = [hashlib.sha256(data[s:e]).digest() for s, e in params.ranges(len(data))]
+    return FileEntry(path, len(data), params.combine(len(data), digests))
 
 
 def _check_bytes(entry: FileEntry, data: bytes, params: DigestParams) -> None:

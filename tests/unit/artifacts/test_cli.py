@@ -77,3 +77,13 @@ def test_seal_sign_verify_inspect_lineage(
     target.write_text("{}")
     code, out = run("verify", child, "-s", store, "--trusted-key", pub)
     assert code == 1 and "ContentMismatch" in out
+
+
+def test_seal_with_plain_file_digests(tmp_path: Path, model_dir: Callable[..., Path]) -> None:
+    store = str(tmp_path / "store")
+    code, out = run("seal", model_dir(seed=4), "-s", store, "--file-digest", "sha256")
+    assert code == 0, out
+    code, out = run("inspect", out.strip(), "-s", store, "--json")
+    assert json.loads(out)["digest"]["fileDigest"] == "sha256"
+    code, out = run("seal", model_dir(seed=4), "-s", store, "--file-digest", "md5")
+    assert code == 1 and "PackageMalformed" in out

@@ -95,3 +95,15 @@ def test_symlinks_are_refused(tmp_path: Path) -> None:
 def test_malformed_ids_are_refused(bad: str) -> None:
     with pytest.raises(PackageFormatError):
         split_id(bad)
+
+
+def test_plain_file_digests_are_whole_file_sha256(tmp_path: Path) -> None:
+    params = DigestParams(file_digest="sha256", shard_size=MIB)
+    large = bytes(range(256)) * (MIB * 5 // 2 // 256)
+    (tmp_path / "large").write_bytes(large)
+    (hashed,) = hash_files(scan_local(tmp_path), local_range_reader(tmp_path), params=params)
+    assert hashed.entry.sha256 == hashlib.sha256(large).hexdigest()
+    assert [(s.start, s.end) for s in hashed.shards] == [(0, len(large))]
+    tree = DigestParams(shard_size=MIB)
+    (treed,) = hash_files(scan_local(tmp_path), local_range_reader(tmp_path), params=tree)
+    assert artifact_id([treed.entry]) != artifact_id([hashed.entry])

@@ -411,3 +411,27 @@ def test_p384_keys_sign_too(store: Store, model_dir: Callable[..., Path], tmp_pa
     artifact = store.seal(model_dir(), lineage()).id
     sign_artifact(store, artifact, KeySigner(k.private_path))
     Verifier(store, TrustPolicy((TrustedKey(k.public_pem),))).verify(artifact)
+
+
+def test_plain_sha256_packages_sign_and_verify_and_stock_model_signing_agrees(
+    store: Store, model_dir: Callable[..., Path], key: KeyPair, policy: TrustPolicy
+) -> None:
+    from model_signing import verifying
+
+    from studbook.artifacts import DigestParams
+
+    params = DigestParams(file_digest="sha256")
+    manifest = store.seal(model_dir(seed=11), lineage(), params=params)
+    assert store.manifest(manifest.id).params == params
+    sign_artifact(store, manifest.id, KeySigner(key.private_path))
+    Verifier(store, policy).verify(manifest.id)
+    pub = Path(store.root).parent / "pub.pem"
+    pub.write_bytes(key.public_pem)
+    sig = Path(store.root).parent / "plain.sig"
+    sig.write_bytes(store.signatures(manifest.id)[0].data)
+    verifying.Config().use_elliptic_key_verifier(public_key=pub).verify(
+        files_dir(store, manifest.id), sig
+    )
+    writable(files_dir(store, manifest.id) / "config.json").write_text("{}")
+    with pytest.raises(E.ContentMismatchError):
+        Verifier(store, policy).verify(manifest.id)
