@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -22,7 +24,7 @@ import torch
 from studbook_trainer.merge.compat import TOKENIZER_FILES, check_compatible
 from studbook_trainer.merge.inputs import ReaderInputs
 from studbook_trainer.merge.io import DTYPES, ModelReader, OutputTensor, ShardedWriter
-from studbook_trainer.merge.methods import MergeConfigError, get_method
+from studbook_trainer.merge.methods import MergeConfigError, MergeMethod, get_method
 from studbook_trainer.merge.plan import MergePlan
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,62 @@ class MergeReport:
             "seconds": round(self.seconds, 3),
             "device": self.device,
         }
+
+
+class _BackgroundWriter:
+    """Feeds a :class:`ShardedWriter` from a thread, so disk writes overlap computing."""
+
+    def __init__(self, writer: ShardedWriter, depth: int = 4) -> None:
+        self.writer = writer
+        self.total_size = writer.total_size
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="studbook-merge-write")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                kind, payload = item
+                if kind == "begin":
+                    self.writer.begin(payload)
+                elif kind == "write":
+                    self.writer.write(payload)
+                else:
+                    self.writer.close()
+            except BaseException as e:
+                self._error = e
+
+    def _put(self, kind: str, payload: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((kind, payload))
+
+    def begin(self, name: str) -> None:
+        """Start the next tensor."""
+        self._put("begin", name)
+
+    def write(self, piece: torch.Tensor) -> None:
+        """Queue the next piece (moved to the CPU first)."""
+        self._put("write", piece.cpu())
+
+    def close(self) -> None:
+        """Finish writing; raises what the writer thread raised."""
+        self._put("close", None)
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop the thread and close the open shard."""
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("aborted")
+            self._queue.put(None)
+            self._thread.join()
+        self.writer.abort()
 
 
 def pick_device(requested: str) -> torch.device:
@@ -86,6 +144,22 @@ def merge(
     if plan.dtype is not None and plan.dtype not in _DTYPE_NAMES:
         raise MergeConfigError(f"unsupported output dtype {plan.dtype!r}")
     device = pick_device(plan.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, plan.threads))
+    try:
+        return _merge(plan, out_dir, method, device, progress, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _merge(
+    plan: MergePlan,
+    out_dir: Path,
+    method: MergeMethod,
+    device: torch.device,
+    progress: Callable[[int, int, str], None] | None,
+    started: float,
+) -> MergeReport:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
     with ExitStack() as stack:
@@ -123,7 +197,9 @@ def merge(
             method.name,
             device,
         )
-        writer = ShardedWriter(out_dir, outputs, max_shard_bytes=plan.max_shard_bytes)
+        writer = _BackgroundWriter(
+            ShardedWriter(out_dir, outputs, max_shard_bytes=plan.max_shard_bytes)
+        )
         try:
             for n, out in enumerate(outputs):
                 writer.begin(out.name)

@@ -11,19 +11,26 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from studbook_trainer.merge.io import ModelReader
 
-CHUNK_ELEMENTS = 1 << 23
-"""About 8M elements (32 MiB in float32) per chunk and parent."""
+_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studbook-merge-read")
+
+CHUNK_ELEMENTS = 1 << 20
+"""About 1M elements (4 MiB in float32) per chunk and parent: small enough to stay in cache."""
 
 
 @dataclass
 class Chunk:
-    """Rows ``[row_start, row_stop)`` of every parent (and the base) as float32."""
+    """Rows ``[row_start, row_stop)`` of every parent (and the base).
+
+    float32, or the stored dtype when asked for ``raw`` chunks; always fresh tensors that the
+    method may change in place.
+    """
 
     index: int
     row_start: int
@@ -70,21 +77,39 @@ class TensorInputs(ABC):
     def _read(self, which: int, start: int, stop: int) -> torch.Tensor:
         """Rows of parent ``which`` (``-1``: the base), in their stored dtype, on the CPU."""
 
-    def _load(self, which: int, start: int, stop: int) -> torch.Tensor:
-        t = self._read(which, start, stop)
-        return t.to(device=self.device, dtype=torch.float32, non_blocking=False)
+    def _load(self, which: int, start: int, stop: int, raw: bool) -> torch.Tensor:
+        t = self._read(which, start, stop).to(device=self.device)
+        return t if raw else t.float()
 
-    def chunks(self, parents: Sequence[int] | None = None, base: bool = True) -> Iterator[Chunk]:
+    def chunks(
+        self, parents: Sequence[int] | None = None, base: bool = True, raw: bool = False
+    ) -> Iterator[Chunk]:
         """Row chunks of the selected parents (default all) and, if asked, of the base."""
-        selected = range(self.n_parents) if parents is None else parents
-        for i, (start, stop) in enumerate(chunk_rows(self.shape)):
-            yield Chunk(
+        selected = list(range(self.n_parents) if parents is None else parents)
+        with_base = base and self.has_base
+
+        def load(i: int, start: int, stop: int) -> Chunk:
+            return Chunk(
                 index=i,
                 row_start=start,
                 row_stop=stop,
-                parents=[self._load(p, start, stop) for p in selected],
-                base=self._load(-1, start, stop) if base and self.has_base else None,
+                parents=[self._load(p, start, stop, raw) for p in selected],
+                base=self._load(-1, start, stop, raw) if with_base else None,
             )
+
+        # the next chunk is read while the caller computes on this one
+        ranges = chunk_rows(self.shape)
+        pending: Future[Chunk] | None = _READER.submit(load, 0, *ranges[0])
+        for i in range(len(ranges)):
+            assert pending is not None
+            chunk = pending.result()
+            pending = _READER.submit(load, i + 1, *ranges[i + 1]) if i + 1 < len(ranges) else None
+            try:
+                yield chunk
+            except GeneratorExit:
+                if pending is not None:
+                    pending.cancel()
+                raise
 
     def generator(self, *key: int) -> torch.Generator:
         """A generator seeded by the plan's seed, the tensor's name and ``key``."""

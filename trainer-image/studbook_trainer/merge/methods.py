@@ -193,20 +193,17 @@ class GeneralTaskArithmetic(MergeMethod):
         else:
             top = count_for(p.parent(i, "gamma"), n)
             ks = [min(n, top + count_for(density, n)), top]
-        if all(k in (0, n) for k in ks):
-            return (
-                TopSelector.build(torch.empty(0), ks)
-                if n == 0
-                else [TopSelector(k, n, 0.0, 0) for k in ks]
-            )
+        if all(k <= 0 or k >= n for k in ks):
+            return [TopSelector(k, n, 0.0, 0) for k in ks]
         magnitudes = torch.empty(n, dtype=torch.float32, device=inputs.device)
         offset = 0
-        for chunk in inputs.chunks(parents=[i]):
+        for chunk in inputs.chunks(parents=[i], raw=True):
             assert chunk.base is not None
-            d = (chunk.parents[0] - chunk.base).abs_().reshape(-1)
-            magnitudes[offset : offset + d.numel()] = d
-            offset += d.numel()
-            del d, chunk
+            m = chunk.base.numel()
+            out = magnitudes[offset : offset + m]
+            torch.sub(chunk.parents[0].float().reshape(-1), chunk.base.float().reshape(-1), out=out)
+            out.abs_()
+            offset += m
         return TopSelector.build(magnitudes, ks)
 
     def merge_tensor(self, inputs: TensorInputs, p: TensorParams) -> Iterator[torch.Tensor]:
@@ -222,21 +219,37 @@ class GeneralTaskArithmetic(MergeMethod):
         if self.sparsify in ("magnitude", "breadcrumbs"):
             selectors = {i: self._selectors(inputs, i, p) for i in range(n)}
         contributing = list(range(n)) if has_base else list(range(1, n))
-        for chunk in inputs.chunks():
-            ref = chunk.base if has_base else chunk.parents[0]
-            assert ref is not None
-            weighted: list[tuple[int, torch.Tensor]] = []
+        total_weight = sum(weights)
+        for chunk in inputs.chunks(raw=True):
+            raw_ref = chunk.base if has_base else chunk.parents[0]
+            assert raw_ref is not None
+            ref = raw_ref.float()
+            deltas: list[tuple[int, torch.Tensor]] = []
             for i in contributing:
-                d = chunk.parents[i] - ref
-                d = self._sparsify_chunk(d, i, chunk.index, inputs, p, selectors)
-                if weights[i] != 1.0:
-                    d.mul_(weights[i])
-                weighted.append((i, d))
+                d = (
+                    chunk.parents[i].float().sub_(ref)
+                    if chunk.parents[i].dtype != torch.float32
+                    else torch.sub(chunk.parents[i], ref)
+                )
+                deltas.append((i, self._sparsify_chunk(d, i, chunk.index, inputs, p, selectors)))
             chunk.parents.clear()
-            mixed = self._combine(weighted, weights, normalize, ref)
-            if not has_base and not normalize:
-                ref.mul_(sum(weights))
-            yield ref.add_(mixed, alpha=scale)
+            if not has_base and not normalize and total_weight != 1.0:
+                ref.mul_(total_weight)
+            if self.consensus == "none":
+                div = total_weight if normalize else 1.0
+                if len(deltas) == 1:
+                    i, d = deltas[0]
+                    yield ref.add_(d, alpha=scale * weights[i] / div)
+                    continue
+                acc: torch.Tensor | None = None
+                for i, d in deltas:
+                    if acc is None:
+                        acc = d.mul_(weights[i])
+                    else:
+                        acc.add_(d, alpha=weights[i])
+                yield ref if acc is None else ref.add_(acc, alpha=scale / div)
+            else:
+                yield ref.add_(self._ties(deltas, weights, normalize, ref), alpha=scale)
 
     def _sparsify_chunk(
         self,
@@ -255,41 +268,47 @@ class GeneralTaskArithmetic(MergeMethod):
                 return d
             keep = random_keep(d.shape, density, inputs.generator(i, chunk_index), d.device)
             return d.mul_(keep).div_(density)
+        if self.sparsify == "magnitude":
+            return selectors[i][0].trim(d)
         mags = d.abs()
         keep = selectors[i][0].select(mags)
-        if self.sparsify == "breadcrumbs":
-            keep &= ~selectors[i][1].select(mags)
+        keep &= ~selectors[i][1].select(mags)
         return d.mul_(keep)
 
-    def _combine(
-        self,
-        weighted: list[tuple[int, torch.Tensor]],
+    @staticmethod
+    def _ties(
+        deltas: list[tuple[int, torch.Tensor]],
         weights: list[float],
         normalize: bool,
         like: torch.Tensor,
     ) -> torch.Tensor:
-        if not weighted:
+        """Sign election by the weighted sum, then the (disjoint) mean of the agreeing entries."""
+        if not deltas:
             return torch.zeros_like(like)
-        if self.consensus == "none":
-            mixed = weighted[0][1]
-            for _, d in weighted[1:]:
-                mixed.add_(d)
-            if normalize:
-                mixed.div_(sum(weights))
-            return mixed
-        total = weighted[0][1].clone()
-        for _, d in weighted[1:]:
-            total.add_(d)
-        elected = total.sign_()
+        total: torch.Tensor | None = None
+        for i, d in deltas:
+            if total is None:
+                total = d * weights[i]
+            else:
+                total.add_(d, alpha=weights[i])
+        assert total is not None
         mixed = torch.zeros_like(like)
         divisor = torch.zeros_like(like) if normalize else None
-        for i, d in weighted:
-            agree = d.sign() == elected
-            mixed.add_(d.mul_(agree))
+        for i, d in deltas:
+            # an entry agrees when its weighted sign is the elected (nonzero) one
+            agree = torch.mul(d, total)
+            if weights[i] >= 0:
+                agree.gt_(0)
+            else:
+                agree.lt_(0)
+            mixed.addcmul_(d, agree, value=weights[i])
             if divisor is not None:
                 divisor.add_(agree, alpha=weights[i])
         if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1.0)
+            if all(weights[i] > 0 for i, _ in deltas):
+                divisor.clamp_min_(1e-30)
+            else:
+                divisor.masked_fill_(divisor == 0, 1.0)
             mixed.div_(divisor)
         return mixed
 

@@ -100,6 +100,10 @@ class MergePlan:
     """Upper bound of one output shard."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda[:n]``."""
+    threads: int = 1
+    """Intra-op CPU threads during the merge. The work is memory-bound and split into
+    cache-sized chunks, where one thread is fastest, and on a shared machine extra threads mostly
+    wait for each other; I/O overlaps compute in a separate reader thread regardless."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.parents]

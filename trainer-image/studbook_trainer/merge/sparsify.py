@@ -7,6 +7,7 @@ selection (no sort), then applied chunk by chunk in flattened order.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -24,6 +25,14 @@ def kth_largest(values: torch.Tensor, ks: list[int]) -> list[float]:
     return [float(torch.kthvalue(values, n - k + 1).values) for k in ks]
 
 
+def _count_greater(values: torch.Tensor, position: int, threshold: float) -> int:
+    """Entries above ``threshold``, which a partition around ``position`` left after it."""
+    if values.device.type == "cpu":
+        tail = values.numpy()[position + 1 :]
+        return int(np.count_nonzero(tail > threshold))
+    return int(torch.count_nonzero(values > threshold))
+
+
 class TopSelector:
     """Marks the ``k`` largest entries of a flattened tensor, fed chunk by chunk in order."""
 
@@ -37,17 +46,34 @@ class TopSelector:
     def build(cls, magnitudes: torch.Tensor, ks: list[int]) -> list[TopSelector]:
         """Selectors for each ``k`` over ``magnitudes`` (1-D, consumed: order is destroyed)."""
         n = magnitudes.numel()
-        inner = [k for k in ks if 0 < k < n]
+        inner = sorted({k for k in ks if 0 < k < n})
         thresholds = dict(zip(inner, kth_largest(magnitudes, inner), strict=True)) if inner else {}
         selectors = []
         for k in ks:
             if k in thresholds:
                 thr = thresholds[k]
-                greater = int((magnitudes > thr).sum())
-                selectors.append(cls(k, n, thr, greater))
+                selectors.append(cls(k, n, thr, _count_greater(magnitudes, n - k, thr)))
             else:
                 selectors.append(cls(k, n, 0.0, 0))
         return selectors
+
+    def trim(self, values: torch.Tensor) -> torch.Tensor:
+        """The next chunk (flattened order) with every entry outside the top k set to zero."""
+        if self.k <= 0:
+            return torch.zeros_like(values)
+        if self.k >= self.n:
+            return values
+        kept = torch.nn.functional.hardshrink(values, self.threshold)
+        if self._remaining > 0 and self.threshold > 0:
+            eq = values.abs() == self.threshold
+            n_eq = int(torch.count_nonzero(eq))
+            if n_eq > self._remaining:
+                flat = eq.reshape(-1)
+                eq = (flat & (flat.cumsum(0) <= self._remaining)).reshape(eq.shape)
+            if n_eq:
+                kept = torch.where(eq, values, kept)
+                self._remaining -= min(n_eq, self._remaining)
+        return kept
 
     def select(self, magnitudes: torch.Tensor) -> torch.Tensor:
         """The keep-mask of the next chunk (``magnitudes`` in flattened order)."""
@@ -58,7 +84,7 @@ class TopSelector:
         keep = magnitudes > self.threshold
         if self._remaining > 0:
             eq = magnitudes == self.threshold
-            n_eq = int(eq.sum())
+            n_eq = int(torch.count_nonzero(eq))
             if n_eq <= self._remaining:
                 keep |= eq
                 self._remaining -= n_eq
