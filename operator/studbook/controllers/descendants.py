@@ -27,7 +27,6 @@ from studbook.api import reasons
 from studbook.api.descendant import Descendant, DescendantStatus
 from studbook.api.policy import BreedingPolicy
 from studbook.api.scorecard import Scorecard
-from studbook.api.suite import EvaluationSuite
 from studbook.api.task import (
     BreedResultFile,
     EvaluateResultFile,
@@ -53,8 +52,9 @@ from studbook.breeding.gates import evaluation_gate
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.trust import TRUST_CONFIG_KEY, trust_policy
+from studbook.controllers.view import View
 from studbook.k8s import jobs as builders
-from studbook.k8s.client import config_map_value, create_if_absent, get_resource, patch_status
+from studbook.k8s.client import config_map_value, create_if_absent, patch_status
 
 log = logging.getLogger("studbook.descendants")
 
@@ -75,7 +75,7 @@ class Controller:
     _verifiers: dict[tuple[str, int], Verifier] = field(default_factory=dict)
     _costed: set[str] = field(default_factory=set)
 
-    def reconcile(self, body: dict[str, Any]) -> Plan | None:
+    def reconcile(self, body: dict[str, Any], view: View) -> Plan | None:
         """Bring one Descendant a step further; returns the plan carried out."""
         meta = body["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
@@ -83,7 +83,7 @@ class Controller:
         # Events and timers of one object may overlap; one reconciliation at a time each.
         with self._locks[key]:
             try:
-                plan = self._reconcile(body)
+                plan = self._reconcile(body, view)
             except Exception:
                 metrics.RECONCILES.labels("Descendant", "error").inc()
                 raise
@@ -96,7 +96,7 @@ class Controller:
 
     # -- observing ------------------------------------------------------------------------
 
-    def _reconcile(self, body: dict[str, Any]) -> Plan | None:
+    def _reconcile(self, body: dict[str, Any], view: View) -> Plan | None:
         namespace = body["metadata"]["namespace"]
         name = body["metadata"]["name"]
         current_status = body.get("status") or {}
@@ -108,9 +108,9 @@ class Controller:
             return None
         status = descendant.status or DescendantStatus()
         metrics.POPULATION.observe(str(descendant.metadata.uid), status.phase, status.stage)
-        observed = self._observe(descendant, status)
+        observed = self._observe(descendant, status, view)
         plan = reconcile(observed)
-        self._act(descendant, observed, plan)
+        self._act(descendant, observed, plan, view)
         if plan.status.phase == "Rejected" and status.phase != "Rejected":
             for refusal in observed.decision.refusals if observed.decision else ():
                 metrics.ADMISSIONS_REFUSED.labels(refusal.reason).inc()
@@ -122,7 +122,7 @@ class Controller:
         )
         return plan
 
-    def _observe(self, descendant: Descendant, status: DescendantStatus) -> Observed:
+    def _observe(self, descendant: Descendant, status: DescendantStatus, view: View) -> Observed:
         spec = descendant.spec
         namespace = descendant.metadata.namespace or "default"
         now = datetime.now(UTC)
@@ -130,8 +130,8 @@ class Controller:
         base = Observed(generation=generation, status=status, now=now)
         if status.phase in ("Ready", "Failed", "Rejected"):
             return base
-        policy = get_resource(self.api, BreedingPolicy, namespace, spec.policy_ref.name)
-        suite = get_resource(self.api, EvaluationSuite, namespace, spec.evaluation_suite_ref.name)
+        policy = view.policy(namespace, spec.policy_ref.name)
+        suite = view.suite(namespace, spec.evaluation_suite_ref.name)
         missing = []
         if policy is None:
             missing.append((reasons.POLICY_NOT_FOUND, f"policy {spec.policy_ref.name!r} not found"))
@@ -142,7 +142,9 @@ class Controller:
         parents: dict[str, ParentFacts | None] = {}
         if policy is not None:
             for ref in spec.parents:
-                parents[ref.name] = self._parent(namespace, policy, ref.name)
+                parents[ref.name] = self._parent(
+                    namespace, policy, view.descendant(namespace, ref.name)
+                )
         if policy is None:
             return Observed(generation, status, now, missing=tuple(missing))
         decision = admit(spec, policy.spec, parents)
@@ -151,7 +153,7 @@ class Controller:
         ]
         if missing or decision.refusals:
             return Observed(generation, status, now, missing=tuple(missing), decision=decision)
-        jobs = self._jobs(namespace, descendant.metadata.name)
+        jobs = self._jobs(namespace, view.jobs_of(namespace, descendant.metadata.name))
         breed = self._result(descendant, jobs, "breed", BreedResultFile)
         evaluate = self._result(descendant, jobs, "evaluate", EvaluateResultFile)
         sign = self._result(descendant, jobs, "sign", SignResultFile)
@@ -177,10 +179,12 @@ class Controller:
             self._verifiers[key] = Verifier(Store.open(self.settings.store), trust)
         return self._verifiers[key]
 
-    def _parent(self, namespace: str, policy: BreedingPolicy, name: str) -> ParentFacts | None:
-        parent = get_resource(self.api, Descendant, namespace, name)
+    def _parent(
+        self, namespace: str, policy: BreedingPolicy, parent: Descendant | None
+    ) -> ParentFacts | None:
         if parent is None:
             return None
+        name = parent.metadata.name
         status = parent.status or DescendantStatus()
         artifact = status.artifact
         ready = status.phase == "Ready" and artifact is not None and artifact.signer is not None
@@ -215,14 +219,12 @@ class Controller:
             licenses=frozenset({parent.spec.license}),
         )
 
-    def _jobs(self, namespace: str, name: str) -> dict[tuple[Step, int], JobObservation]:
-        batch = client.BatchV1Api(self.api)
-        found = batch.list_namespaced_job(
-            namespace, label_selector=f"{builders.LABEL_DESCENDANT}={name}"
-        )
+    def _jobs(
+        self, namespace: str, bodies: list[dict[str, Any]]
+    ) -> dict[tuple[Step, int], JobObservation]:
         out: dict[tuple[Step, int], JobObservation] = {}
-        for job in found.items:
-            labels = (job.metadata.labels if job.metadata else None) or {}
+        for job in bodies:
+            labels = job["metadata"].get("labels") or {}
             step = STEP_NAMES.get(labels.get(builders.LABEL_PURPOSE, ""))
             if step is None:
                 continue
@@ -231,44 +233,53 @@ class Controller:
         return out
 
     def _job_observation(
-        self, namespace: str, step: Step, attempt: int, job: Any
+        self, namespace: str, step: Step, attempt: int, job: dict[str, Any]
     ) -> JobObservation:
-        st = job.status
-        conditions = {c.type: c for c in (st.conditions or []) if c.status == "True"}
+        st = job.get("status") or {}
+        conditions = {c["type"]: c for c in st.get("conditions") or [] if c["status"] == "True"}
         phase: Any = "Pending"
         reason = None
+        name = job["metadata"]["name"]
         if "Complete" in conditions:
             phase = "Succeeded"
         elif "Failed" in conditions:
             phase = "Failed"
             failed = conditions["Failed"]
-            reason = f"{failed.reason}: {failed.message}" if failed.message else failed.reason
-            reason = self._termination(namespace, job.metadata.name) or reason
-        elif st.active:
+            reason = f"{failed.get('reason')}: {failed.get('message')}"
+            reason = self._termination(namespace, name) or reason
+        elif st.get("active"):
             phase = "Running"
+        started = _time(st.get("startTime"))
+        finished = _time(st.get("completionTime")) or _time(
+            conditions.get("Failed", {}).get("lastTransitionTime")
+        )
         if phase in ("Succeeded", "Failed"):
-            self._cost(namespace, job)
+            self._cost(namespace, job, started, finished)
         return JobObservation(
             step=step,
             attempt=attempt,
-            name=job.metadata.name,
+            name=name,
             phase=phase,
             reason=reason,
-            started_at=st.start_time,
-            finished_at=st.completion_time
-            or (conditions["Failed"].last_transition_time if "Failed" in conditions else None),
+            started_at=started,
+            finished_at=finished,
         )
 
-    def _cost(self, namespace: str, job: Any) -> None:
+    def _cost(
+        self,
+        namespace: str,
+        job: dict[str, Any],
+        started: datetime | None,
+        finished: datetime | None,
+    ) -> None:
         """Count a finished Job's GPU hours once per process."""
-        uid = str(job.metadata.uid)
-        start, end = job.status.start_time, job.status.completion_time
-        if uid in self._costed or start is None:
+        uid = str(job["metadata"].get("uid"))
+        if uid in self._costed or started is None:
             return
         self._costed.add(uid)
-        limits = job.spec.template.spec.containers[0].resources.limits or {}
-        gpus = int(limits.get("nvidia.com/gpu", "0"))
-        hours = ((end or datetime.now(UTC)) - start).total_seconds() / 3600
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        gpus = int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+        hours = ((finished or datetime.now(UTC)) - started).total_seconds() / 3600
         metrics.GPU_HOURS.labels(namespace).inc(gpus * hours)
 
     def _termination(self, namespace: str, job_name: str) -> str | None:
@@ -330,9 +341,9 @@ class Controller:
 
     # -- acting ---------------------------------------------------------------------------
 
-    def _act(self, descendant: Descendant, observed: Observed, plan: Plan) -> None:
+    def _act(self, descendant: Descendant, observed: Observed, plan: Plan, view: View) -> None:
         for step, attempt in plan.create:
-            task = self._task(descendant, observed, step, attempt)
+            task = self._task(descendant, observed, step, attempt, view)
             owner = descendant
             create_if_absent(
                 self.api,
@@ -348,18 +359,21 @@ class Controller:
                     metrics.JOB_FAILURES.labels(step).inc()
                 log.info("created %s job attempt %d for %s", step, attempt, owner.metadata.name)
 
-    def _task(self, descendant: Descendant, observed: Observed, step: Step, attempt: int) -> Any:
+    def _task(
+        self, descendant: Descendant, observed: Observed, step: Step, attempt: int, view: View
+    ) -> Any:
         store = self.settings.job_store
         namespace = descendant.metadata.namespace or "default"
-        parents = [self._parent_artifact(namespace, ref.name) for ref in descendant.spec.parents]
+        parents = [
+            _parent_artifact(view.descendant(namespace, ref.name))
+            for ref in descendant.spec.parents
+        ]
         if step == "breed":
             return breed_task(descendant, parents, store, attempt)
         assert observed.breed is not None
         artifact = observed.breed.artifact
         if step == "evaluate":
-            suite = get_resource(
-                self.api, EvaluationSuite, namespace, descendant.spec.evaluation_suite_ref.name
-            )
+            suite = view.suite(namespace, descendant.spec.evaluation_suite_ref.name)
             assert suite is not None
             subject = ParentArtifact(
                 name=descendant.metadata.name,
@@ -371,17 +385,6 @@ class Controller:
         assert observed.evaluate is not None and observed.evaluate.scorecard.uri is not None
         return sign_task(descendant, artifact.id, observed.evaluate.scorecard.uri, store, attempt)
 
-    def _parent_artifact(self, namespace: str, name: str) -> ParentArtifact:
-        parent = get_resource(self.api, Descendant, namespace, name)
-        assert parent is not None and parent.status is not None
-        assert parent.status.artifact is not None
-        return ParentArtifact(
-            name=name,
-            artifact_id=parent.status.artifact.id,
-            uri=parent.status.artifact.uri,
-            niche=parent.spec.niche,
-        )
-
     def _patch_if_changed(
         self, namespace: str, name: str, current: dict[str, Any], status: DescendantStatus
     ) -> None:
@@ -392,3 +395,19 @@ class Controller:
             except ApiException as error:
                 if error.status != 404:  # deleted meanwhile
                     raise
+
+
+def _parent_artifact(parent: Descendant | None) -> ParentArtifact:
+    """A Ready parent as a Job sees it (admission made sure it is Ready)."""
+    assert parent is not None and parent.status is not None
+    assert parent.status.artifact is not None
+    return ParentArtifact(
+        name=parent.metadata.name,
+        artifact_id=parent.status.artifact.id,
+        uri=parent.status.artifact.uri,
+        niche=parent.spec.niche,
+    )
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

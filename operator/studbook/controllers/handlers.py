@@ -20,10 +20,12 @@ from studbook.breeding.flow import TERMINAL, Event
 from studbook.controllers.descendants import Controller
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
-from studbook.k8s.client import get_object, patch_status
+from studbook.controllers.view import View
+from studbook.k8s.client import patch_status
 from studbook.k8s.jobs import LABEL_DESCENDANT
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
+Indexed = dict[tuple[str, str], dict[str, Any]]
 TIMER_INTERVAL = 10.0
 """Seconds between looks at a Descendant that is not finished: retries and backoff run on it."""
 
@@ -59,13 +61,52 @@ def _controller(memo: kopf.Memo) -> Controller:
     return controller
 
 
+# -- indexes: kopf keeps them current from its watch streams; reconciling reads only these ----
+
+
+@kopf.index(GROUP, VERSION, BreedingPolicy.crd.plural)
+def policy_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+    """Policies by (namespace, name)."""
+    return {(str(namespace), name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, EvaluationSuite.crd.plural)
+def suite_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+    """Suites by (namespace, name)."""
+    return {(str(namespace), name): dict(body)}
+
+
+@kopf.index(*DESCENDANTS)
+def descendant_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+    """Descendants by (namespace, name)."""
+    return {(str(namespace), name): dict(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_DESCENDANT: kopf.PRESENT})
+def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Indexed:
+    """Jobs by (namespace, owning Descendant)."""
+    return {(str(namespace), labels[LABEL_DESCENDANT]): dict(body)}
+
+
+def _view(kwargs: dict[str, Any]) -> View:
+    return View(
+        policies=kwargs["policy_index"],
+        suites=kwargs["suite_index"],
+        descendants=kwargs["descendant_index"],
+        jobs=kwargs["job_index"],
+    )
+
+
+# -- reconciliation ------------------------------------------------------------------------
+
+
 @kopf.on.event(*DESCENDANTS)
-def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Every change of a Descendant (our own status patches included) is looked at once."""
     if type == "DELETED":
         metrics.POPULATION.forget(str(body["metadata"].get("uid")))
         return
-    _controller(memo).reconcile(dict(body))
+    _controller(memo).reconcile(dict(body), _view(kwargs))
 
 
 @kopf.timer(
@@ -73,22 +114,22 @@ def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: An
     interval=TIMER_INTERVAL,
     when=lambda status, **_: status.get("phase") not in TERMINAL,
 )
-def descendant_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def descendant_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     """Unfinished Descendants are looked at again: backoff expiries need no event."""
-    _controller(memo).reconcile(dict(body))
+    _controller(memo).reconcile(dict(body), _view(kwargs))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_DESCENDANT: kopf.PRESENT})
-def job_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def job_event(
+    type: str | None, body: kopf.Body, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
     """A Job of a Descendant changed: look at its owner now rather than at the next tick."""
     if type == "DELETED":
         return
-    controller = _controller(memo)
-    namespace = body["metadata"]["namespace"]
-    name = body["metadata"]["labels"][LABEL_DESCENDANT]
-    owner = get_object(controller.api, Descendant, namespace, name)
+    view = _view(kwargs)
+    owner = view.descendant_body(body["metadata"]["namespace"], labels[LABEL_DESCENDANT])
     if owner is not None:
-        controller.reconcile(owner)
+        _controller(memo).reconcile(owner, view)
 
 
 @kopf.on.event(GROUP, VERSION, BreedingPolicy.crd.plural)

@@ -1,0 +1,69 @@
+"""What the controllers read of the cluster, served from kopf's in-memory indexes.
+
+Every Descendant event would otherwise cost reads of its policy, suite, parents and Jobs; the
+indexes are kept current by the watch streams kopf runs anyway, so a reconciliation reads
+nothing from the API server and only writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from studbook.api.descendant import Descendant
+from studbook.api.policy import BreedingPolicy
+from studbook.api.resource import Resource
+from studbook.api.suite import EvaluationSuite
+
+R = TypeVar("R", bound=Resource)
+Key = tuple[str, str]
+Body = dict[str, Any]
+
+
+def _one(index: Mapping[Key, Any], key: Key) -> Body | None:
+    values = index.get(key)
+    if not values:
+        return None
+    # One object per (namespace, name); the newest wins if a replaced body lingers.
+    found: Body = max(values, key=lambda b: int(b["metadata"].get("resourceVersion") or 0))
+    return found
+
+
+@dataclass(frozen=True)
+class View:
+    """Read-only access to the indexed objects of one moment."""
+
+    policies: Mapping[Key, Any]
+    """Policy bodies by (namespace, name)."""
+    suites: Mapping[Key, Any]
+    """Suite bodies by (namespace, name)."""
+    descendants: Mapping[Key, Any]
+    """Descendant bodies by (namespace, name)."""
+    jobs: Mapping[Key, Any]
+    """Job bodies by (namespace, owning Descendant's name)."""
+
+    def _typed(self, index: Mapping[Key, Any], cls: type[R], namespace: str, name: str) -> R | None:
+        body = _one(index, (namespace, name))
+        return None if body is None else cls.model_validate_json(json.dumps(body))
+
+    def policy(self, namespace: str, name: str) -> BreedingPolicy | None:
+        """A BreedingPolicy, typed."""
+        return self._typed(self.policies, BreedingPolicy, namespace, name)
+
+    def suite(self, namespace: str, name: str) -> EvaluationSuite | None:
+        """An EvaluationSuite, typed."""
+        return self._typed(self.suites, EvaluationSuite, namespace, name)
+
+    def descendant(self, namespace: str, name: str) -> Descendant | None:
+        """A Descendant, typed."""
+        return self._typed(self.descendants, Descendant, namespace, name)
+
+    def descendant_body(self, namespace: str, name: str) -> Body | None:
+        """A Descendant's raw body."""
+        return _one(self.descendants, (namespace, name))
+
+    def jobs_of(self, namespace: str, name: str) -> list[Body]:
+        """The Jobs a Descendant owns."""
+        return list(self.jobs.get((namespace, name)) or [])
