@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,6 +100,7 @@ class SigstoreStandIn:
         self._jwks = workdir / "jwks.json"
         self._jwks.write_text(json.dumps({"keys": [jwk]}))
         self._proc: subprocess.Popen[str] | None = None
+        self._log: IO[str] | None = None
         self.url = ""
         self.issuer = ""
 
@@ -107,6 +109,7 @@ class SigstoreStandIn:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is needed to run the sigstore stand-in")
+        self._log = open(self.workdir / "server.log", "w")
         self._proc = subprocess.Popen(
             [
                 node,
@@ -119,7 +122,7 @@ class SigstoreStandIn:
                 str(self.trust_config),
             ],
             stdout=subprocess.PIPE,
-            stderr=open(self.workdir / "server.log", "w"),  # noqa: SIM115
+            stderr=self._log,
             text=True,
         )
         assert self._proc.stdout is not None
@@ -144,6 +147,8 @@ class SigstoreStandIn:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._log is not None:
+            self._log.close()
 
     def token(
         self,
