@@ -198,13 +198,16 @@ class Store:
         """
         manifest = self.manifest(artifact)
         listing = self._listing(artifact)
-        hashed = hash_files(
-            listing,
-            self._reader(artifact),
-            params=manifest.params,
-            workers=workers,
-            progress=progress,
-        )
+        try:
+            hashed = hash_files(
+                listing,
+                self._reader(artifact),
+                params=manifest.params,
+                workers=workers,
+                progress=progress,
+            )
+        except FileNotFoundError as exc:
+            raise MissingFileError(f"{artifact}: a file vanished while it was read: {exc}") from exc
         compare(manifest, [h.entry for h in hashed])
         return manifest, hashed
 
