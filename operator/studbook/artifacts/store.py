@@ -329,8 +329,27 @@ class Store:
         for entry in manifest.files:
             if stored.get(entry.path) != entry.size:
                 raise ContentMismatchError(f"{entry.path} changed while it was being sealed")
-        self.fs.pipe_file(f"{self.package_path(manifest.id)}/{MANIFEST_FILE}", manifest.to_bytes())
+        if not self._put_once(
+            f"{self.package_path(manifest.id)}/{MANIFEST_FILE}", manifest.to_bytes()
+        ):
+            return self.manifest(manifest.id)  # another sealer of the same content committed first
         return manifest
+
+    def _put_once(self, path: str, data: bytes) -> bool:
+        """Write an object unless it exists; return whether this call wrote it.
+
+        Exclusive where the store offers it (S3 ``If-None-Match``, GCS generation 0).
+        """
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except (TypeError, NotImplementedError, ValueError):
+            # A filesystem without exclusive writes: check, then write (same bytes either way).
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+        return True
 
     def clean_temporary(self, older_than_s: float = 3600.0) -> int:
         """Remove what crashed sealers left in ``.tmp`` (never visible as packages); return a count.
@@ -424,7 +443,7 @@ class Store:
             finally:
                 tmp.unlink(missing_ok=True)
         else:
-            self.fs.pipe_file(path, data)
+            self._put_once(path, data)
         return name
 
     def signatures(self, artifact: str) -> list[StoredBlob]:
