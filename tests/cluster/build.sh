@@ -14,6 +14,11 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
 
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
+if ! command -v go >/dev/null; then
+    echo "tests/cluster needs the Go toolchain on PATH (go/go.mod says which version)" >&2
+    exit 1
+fi
+
 pinned=$(cd "$here/go" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
 if [[ "$pinned" != "$K8S_VERSION" ]]; then
     echo "go/go.mod pins k8s.io/kubernetes $pinned but versions.env says $K8S_VERSION;" \
@@ -41,8 +46,9 @@ start=$(date +%s)
 # Version stamps make the binaries report the release (tools parse these), not v0.0.0-master.
 minor=${K8S_VERSION#v1.}
 minor=${minor%%.*}
-build_date=$(cd "$here/go" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-    jq -r .Info | xargs jq -r .Time)
+# The release's publication time, not now: rebuilding the same pins gives the same stamps.
+build_date=$(cd "$here/go" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' \
+    k8s.io/kubernetes)
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"

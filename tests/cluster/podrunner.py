@@ -254,6 +254,7 @@ class PodRunner:
             return
         run = _PodRun(pod.metadata.namespace, pod.metadata.name, uid)
         self.runs[uid] = run
+        log.info("starting pod %s/%s", run.namespace, run.name)
         threading.Thread(target=self._run_pod, args=(pod, run), daemon=True).start()
 
     def _run_pod(self, pod: client.V1Pod, run: _PodRun) -> None:
@@ -275,6 +276,13 @@ class PodRunner:
         except Exception as exc:
             log.exception("pod %s/%s could not run", run.namespace, run.name)
             reason = f"RunnerError: {exc}"
+        log.info(
+            "pod %s/%s finished: %s%s",
+            run.namespace,
+            run.name,
+            {name: code[0] for name, code in exit_codes.items()},
+            " (deleted)" if run.deleting.is_set() else "",
+        )
         if run.deleting.is_set():
             self._finalize(run.namespace, run.name, run.uid)
         else:
@@ -382,13 +390,15 @@ class PodRunner:
         threading.Thread(target=escalate, daemon=True).start()
 
     def _finalize(self, namespace: str, name: str, uid: str) -> None:
-        # Like the kubelet: once nothing runs, the graceful deletion is completed.
+        # Like the kubelet: once nothing runs, the graceful deletion is completed. The grace
+        # period goes in the body: with a body, the apiserver ignores the query parameters.
         try:
             self.core.delete_namespaced_pod(
                 name,
                 namespace,
-                grace_period_seconds=0,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                ),
             )
         except ApiException as exc:
             if exc.status not in (404, 409):

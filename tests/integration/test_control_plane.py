@@ -26,6 +26,7 @@ from tests.cluster.controlplane import (
     ControlPlane,
 )
 from tests.cluster.fixtures import load_crds
+from tests.manifests import WRONG_MANIFESTS, WrongManifest, example
 
 pytestmark = pytest.mark.cluster
 
@@ -268,6 +269,47 @@ def test_pod_runner_runs_a_real_command_and_reports_its_exit_code(
     assert (tmp_path / "out" / "result.txt").read_text() == f"hello from local {tmp_path}"
 
 
+def test_deleting_a_local_pod_stops_its_process(
+    kube: client.ApiClient, namespace: str, tmp_path: Path
+):
+    core = client.CoreV1Api(kube)
+    script = "import os, time; open('/work/pid', 'w').write(str(os.getpid())); time.sleep(600)"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "sleeper"},
+        "spec": {
+            "restartPolicy": "Never",
+            **LOCAL_PLACEMENT,
+            "volumes": [{"name": "work", "hostPath": {"path": str(tmp_path)}}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "ignored:latest",
+                    "command": ["python", "-c", script],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                }
+            ],
+        },
+    }
+    core.create_namespaced_pod(namespace, pod)
+    pid_file = tmp_path / "pid"
+    wait_for("the process to start", lambda: pid_file.exists() and pid_file.read_text())
+    pid = int(pid_file.read_text())
+
+    core.delete_namespaced_pod("sleeper", namespace)
+
+    def pod_gone() -> bool:
+        try:
+            core.read_namespaced_pod("sleeper", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("the runner to finish the pod's deletion", pod_gone, timeout=30)
+    wait_for("the process to end", lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
+
+
 @pytest.mark.parametrize(("exit_code", "outcome"), [(0, "Complete"), (1, "Failed")])
 def test_job_on_the_local_node_runs_for_real(
     kube: client.ApiClient, namespace: str, exit_code: int, outcome: str
@@ -287,11 +329,6 @@ def test_job_on_the_local_node_runs_for_real(
 
 
 # -- the API server enforces the CRDs' schemas and CEL rules ---------------------------------
-
-try:
-    from tests.manifests import WRONG_MANIFESTS, WrongManifest, example
-except ImportError:  # the manifests module arrives with the foundation issue
-    WRONG_MANIFESTS, WrongManifest, example = [], None, None  # type: ignore[assignment]
 
 
 def _plural(kind: str) -> str:
