@@ -1,0 +1,442 @@
+"""The models an evaluation runs: loaded from a local directory, or built from other models.
+
+Two kinds, each a small interface the tasks use (and user-defined tasks may use as well):
+
+* :class:`Classifier`: ``predict_proba(texts, pairs)`` gives class probabilities;
+* :class:`LanguageModel`: ``token_logprobs`` scores token sequences, ``next_logprobs`` gives the
+  distribution of the next token, and :func:`greedy_generate` decodes with either.
+
+Loaded models (:func:`load_classifier`, :func:`load_language_model`) read a Hugging Face
+directory (safetensors, config, tokenizer) and refuse one whose checkpoint lacks weights the task
+needs (for example a classification head). :class:`ClassifierEnsemble` and
+:class:`LanguageModelEnsemble` average their members' probabilities; :class:`PriorClassifier`
+predicts a fixed class distribution (the majority-class baseline). Every forward pass runs batched
+under :func:`torch.inference_mode`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from studbook_trainer.evaluation.errors import ModelLoadError
+
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """A model that gives class probabilities for texts."""
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes it predicts."""
+        ...
+
+    @property
+    def label2id(self) -> Mapping[str, int]:
+        """Class index by label name."""
+        ...
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count (0 for models without weights)."""
+        ...
+
+    @property
+    def size_bytes(self) -> int:
+        """Weight bytes."""
+        ...
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> FloatArray:
+        """Class probabilities, shape ``(len(texts), num_labels)``, rows in input order."""
+        ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A causal language model over one tokenizer."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer (a ``transformers`` tokenizer)."""
+        ...
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count."""
+        ...
+
+    @property
+    def size_bytes(self) -> int:
+        """Weight bytes."""
+        ...
+
+    def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``log p(ids[:, t+1] | ids[:, :t+1])`` for every position, shape ``(B, T-1)``."""
+        ...
+
+    def next_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the token after each (unpadded) row, shape ``(B, vocab)``."""
+        ...
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _size(model: torch.nn.Module) -> tuple[int, int]:
+    seen: set[int] = set()
+    count = size = 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        count += p.numel()
+        size += p.numel() * p.element_size()
+    return count, size
+
+
+def _load(path: Path, auto: Any, device: str, what: str) -> tuple[Any, Any]:
+    """Load model and tokenizer; refuse a checkpoint that lacks weights the model needs."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model, info = auto.from_pretrained(path, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: cannot load a {what}: {exc}") from exc
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ModelLoadError(
+            f"{path}: the checkpoint lacks weights a {what} needs: {', '.join(missing[:8])}"
+        )
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _max_length(tokenizer: Any, config: Any) -> int:
+    limits = [int(getattr(tokenizer, "model_max_length", 0) or 0)]
+    limits.append(int(getattr(config, "max_position_embeddings", 0) or 0))
+    usable = [n for n in limits if 0 < n < 1_000_000]
+    return min(usable) if usable else 512
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (less padding), in a fixed order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@dataclass
+class HFClassifier:
+    """A sequence classifier loaded from a local transformers directory."""
+
+    model: Any
+    """The ``AutoModelForSequenceClassification`` model."""
+    tokenizer: Any
+    """Its tokenizer."""
+    device: str = "cpu"
+    """Where it runs."""
+    batch_size: int = 64
+    """Examples per forward pass."""
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes it predicts."""
+        return int(self.model.config.num_labels)
+
+    @property
+    def label2id(self) -> Mapping[str, int]:
+        """Class index by label name, from the model's config."""
+        return {str(k): int(v) for k, v in (self.model.config.label2id or {}).items()}
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count."""
+        return _size(self.model)[0]
+
+    @property
+    def size_bytes(self) -> int:
+        """Weight bytes."""
+        return _size(self.model)[1]
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> FloatArray:
+        """Class probabilities, batched by length, under inference mode."""
+        limit = _max_length(self.tokenizer, self.model.config)
+        encoded = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            truncation=True,
+            max_length=limit,
+        )
+        ids: list[list[int]] = encoded["input_ids"]
+        types: list[list[int]] | None = encoded.get("token_type_ids")
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = np.zeros((len(ids), self.num_labels), dtype=np.float64)
+        with torch.inference_mode():
+            for batch in _batches([len(r) for r in ids], self.batch_size):
+                input_ids, mask = _pad([ids[i] for i in batch], pad_id, self.device)
+                kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": mask}
+                if types is not None:
+                    kwargs["token_type_ids"] = _pad([types[i] for i in batch], 0, self.device)[0]
+                logits = self.model(**kwargs).logits.float()
+                out[batch] = torch.softmax(logits, dim=-1).double().cpu().numpy()
+        return out
+
+
+@dataclass
+class ClassifierEnsemble:
+    """The output ensemble of classifiers: the mean of their class probabilities."""
+
+    members: Sequence[Classifier]
+    """The classifiers, with the same classes."""
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ModelLoadError("an ensemble needs members")
+        if len({m.num_labels for m in self.members}) != 1:
+            raise ModelLoadError("ensemble members predict different numbers of classes")
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes it predicts."""
+        return self.members[0].num_labels
+
+    @property
+    def label2id(self) -> Mapping[str, int]:
+        """The first member's label names."""
+        return self.members[0].label2id
+
+    @property
+    def parameters(self) -> int:
+        """Parameters of all members."""
+        return sum(m.parameters for m in self.members)
+
+    @property
+    def size_bytes(self) -> int:
+        """Weight bytes of all members."""
+        return sum(m.size_bytes for m in self.members)
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> FloatArray:
+        """The mean of the members' probabilities."""
+        probs = np.mean([m.predict_proba(texts, pairs) for m in self.members], axis=0)
+        return np.asarray(probs, dtype=np.float64)
+
+
+@dataclass
+class PriorClassifier:
+    """Predicts one fixed class distribution for every input (the majority-class baseline)."""
+
+    prior: FloatArray
+    """The class distribution; its argmax is the predicted class."""
+    label2id: Mapping[str, int] = field(default_factory=dict)
+    """Class index by label name."""
+    parameters: int = 0
+    """No parameters."""
+    size_bytes: int = 0
+    """No weights."""
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes it predicts."""
+        return int(self.prior.shape[0])
+
+    def predict_proba(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> FloatArray:
+        """The prior, once per input."""
+        return np.tile(self.prior, (len(texts), 1))
+
+
+@dataclass
+class HFLanguageModel:
+    """A causal language model loaded from a local transformers directory."""
+
+    model: Any
+    """The ``AutoModelForCausalLM`` model."""
+    tokenizer: Any
+    """Its tokenizer."""
+    device: str = "cpu"
+    """Where it runs."""
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count."""
+        return _size(self.model)[0]
+
+    @property
+    def size_bytes(self) -> int:
+        """Weight bytes."""
+        return _size(self.model)[1]
+
+    def _logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+        ).logits
+        return logits
+
+    def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``log p(ids[:, t+1] | ids[:, :t+1])``, shape ``(B, T-1)`` (right padding only)."""
+        logits = self._logits(ids, mask)[:, :-1].float()
+        target = ids[:, 1:].to(logits.device)
+        nll = functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        return (-nll).cpu()
+
+    def next_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the next token after each row (rows of equal length)."""
+        logits = self._logits(ids, torch.ones_like(ids))[:, -1].float()
+        return torch.log_softmax(logits, dim=-1).cpu()
+
+
+@dataclass
+class LanguageModelEnsemble:
+    """The output ensemble of language models over one tokenizer: mean next-token probabilities."""
+
+    members: Sequence[LanguageModel]
+    """The language models."""
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ModelLoadError("an ensemble needs members")
+
+    @property
+    def tokenizer(self) -> Any:
+        """The first member's tokenizer (all members must share it)."""
+        return self.members[0].tokenizer
+
+    @property
+    def parameters(self) -> int:
+        """Parameters of all members."""
+        return sum(m.parameters for m in self.members)
+
+    @property
+    def size_bytes(self) -> int:
+        """Weight bytes of all members."""
+        return sum(m.size_bytes for m in self.members)
+
+    def _mean(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.logsumexp(torch.stack(list(parts)), dim=0) - math.log(len(parts))
+
+    def token_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Log of the mean of the members' token probabilities."""
+        return self._mean([m.token_logprobs(ids, mask) for m in self.members])
+
+    def next_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Log of the mean of the members' next-token distributions."""
+        return self._mean([m.next_logprobs(ids) for m in self.members])
+
+
+def load_classifier(path: Path, *, device: str = "cpu", batch_size: int = 64) -> HFClassifier:
+    """Load a sequence classifier (model with its head, and tokenizer) from a directory."""
+    from transformers import AutoModelForSequenceClassification
+
+    model, tokenizer = _load(path, AutoModelForSequenceClassification, device, "classifier")
+    return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
+
+
+def load_language_model(path: Path, *, device: str = "cpu") -> HFLanguageModel:
+    """Load a causal language model and its tokenizer from a directory."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = _load(path, AutoModelForCausalLM, device, "causal language model")
+    return HFLanguageModel(model, tokenizer, device=device)
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad with: the pad token, else end of sequence, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def score_sequences(
+    model: LanguageModel,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    *,
+    batch_size: int = 16,
+) -> tuple[FloatArray, FloatArray]:
+    """Negative log-likelihood summed over the tokens from ``starts[i]`` on, and their count.
+
+    Token ``t`` of a sequence is scored given tokens ``< t``; the first token is never scored.
+    """
+    nll = np.zeros(len(sequences), dtype=np.float64)
+    counts = np.zeros(len(sequences), dtype=np.float64)
+    fill = pad_id(model.tokenizer)
+    with torch.inference_mode():
+        for batch in _batches([len(s) for s in sequences], batch_size):
+            ids, mask = _pad([sequences[i] for i in batch], fill, "cpu")
+            logprobs = model.token_logprobs(ids, mask).double()
+            for row, i in enumerate(batch):
+                first = max(int(starts[i]), 1) - 1
+                last = len(sequences[i]) - 1
+                nll[i] = -float(logprobs[row, first:last].sum())
+                counts[i] = max(last - first, 0)
+    return nll, counts
+
+
+def greedy_generate(
+    model: LanguageModel,
+    prompts: Sequence[Sequence[int]],
+    max_new: Sequence[int],
+    *,
+    batch_size: int = 16,
+) -> list[list[int]]:
+    """Greedy continuations of token prompts, at most ``max_new[i]`` tokens, stopping at EOS.
+
+    Prompts of equal length share a batch, so no padding ever enters the model.
+    """
+    eos = model.tokenizer.eos_token_id
+    out: list[list[int]] = [[] for _ in prompts]
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    with torch.inference_mode():
+        for length in sorted(groups):
+            members = groups[length]
+            for start in range(0, len(members), batch_size):
+                batch = members[start : start + batch_size]
+                ids = torch.tensor([list(prompts[i]) for i in batch], dtype=torch.long)
+                done = [max_new[i] <= 0 for i in batch]
+                for _ in range(max(max_new[i] for i in batch)):
+                    if all(done):
+                        break
+                    nxt = model.next_logprobs(ids).argmax(dim=-1)
+                    for row, i in enumerate(batch):
+                        if done[row]:
+                            continue
+                        token = int(nxt[row])
+                        if eos is not None and token == eos:
+                            done[row] = True
+                            continue
+                        out[i].append(token)
+                        done[row] = len(out[i]) >= max_new[i]
+                    ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
+    return out
