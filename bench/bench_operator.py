@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def run(count: int, population: int) -> dict[str, Any]:
+def run(count: int, population: int, profile: str | None = None) -> dict[str, Any]:
     """The whole benchmark; returns its figures."""
     workdir = Path(tempfile.mkdtemp(prefix="studbook-bench-operator-"))
     plane = ControlPlane(workdir=workdir / "cluster", bin_dir=build_binaries())
@@ -135,14 +136,25 @@ def run(count: int, population: int) -> dict[str, Any]:
             "STUDBOOK_STORE_VOLUME": json.dumps({"hostPath": {"path": str(store)}}),
         }
         log = (workdir / "operator.log").open("wb")
+        command = [sys.executable, "-m", "studbook", "operator", "-n", namespace]
+        if profile:
+            command = ["py-spy", "record", "-o", profile, "-f", "raw", "--", *command]
         operator = subprocess.Popen(
-            [sys.executable, "-m", "studbook", "operator", "-n", namespace, "--metrics-port", "0"],
+            [*command, "--metrics-port", "0"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-        time.sleep(3)  # let the operator list and watch before the clock starts
+        # The clock starts once the operator is up: it has validated the policy.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            policy = objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "breedingpolicies", "standard"
+            )
+            if (policy.get("status") or {}).get("phase") == "Valid":
+                break
+            time.sleep(0.2)
         applied: dict[str, float] = {}
         seen: dict[str, float] = {}
         done = threading.Event()
@@ -188,8 +200,9 @@ def run(count: int, population: int) -> dict[str, Any]:
         figures["operator_rss_mb"] = round(_rss_kib(operator.pid) / 1024, 1)
     finally:
         if operator is not None:
-            operator.terminate()
-            operator.wait(30)
+            # SIGINT: py-spy writes its profile on it, the operator stops as on SIGTERM.
+            operator.send_signal(signal.SIGINT)
+            operator.wait(60)
         plane.stop()
     return figures
 
@@ -198,8 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--descendants", type=int, default=500)
     parser.add_argument("--population", type=int, default=2000)
+    parser.add_argument("--profile", help="record the operator with py-spy into this file")
     args = parser.parse_args()
-    figures = run(args.descendants, args.population)
+    figures = run(args.descendants, args.population, args.profile)
     print(json.dumps(figures, indent=2))
 
 

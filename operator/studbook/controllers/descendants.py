@@ -7,7 +7,6 @@ it changed, events posted on transitions.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -52,7 +51,7 @@ from studbook.breeding.gates import evaluation_gate
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.trust import TRUST_CONFIG_KEY, trust_policy
-from studbook.controllers.view import View
+from studbook.controllers.view import View, typed
 from studbook.k8s import jobs as builders
 from studbook.k8s.client import config_map_value, create_if_absent, patch_status
 
@@ -74,11 +73,18 @@ class Controller:
     )
     _verifiers: dict[tuple[str, int], Verifier] = field(default_factory=dict)
     _costed: set[str] = field(default_factory=set)
+    _written: dict[str, str] = field(default_factory=dict)
 
-    def reconcile(self, body: dict[str, Any], view: View) -> Plan | None:
-        """Bring one Descendant a step further; returns the plan carried out."""
+    def reconcile(self, body: dict[str, Any], view: View, echo: bool = False) -> Plan | None:
+        """Bring one Descendant a step further; returns the plan carried out.
+
+        With ``echo``, a body that is exactly what our own last status patch produced is
+        skipped: nothing changed since we last decided.
+        """
         meta = body["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
+        if echo and self._written.get(key) == meta.get("resourceVersion"):
+            return None
         started = time.perf_counter()
         # Events and timers of one object may overlap; one reconciliation at a time each.
         with self._locks[key]:
@@ -101,7 +107,7 @@ class Controller:
         name = body["metadata"]["name"]
         current_status = body.get("status") or {}
         try:
-            descendant = Descendant.model_validate_json(json.dumps(body))
+            descendant = typed(Descendant, body)
         except ValidationError as error:
             status = DescendantStatus(phase="Rejected", message=f"invalid spec: {error}"[:4096])
             self._patch_if_changed(namespace, name, current_status, status)
@@ -391,7 +397,8 @@ class Controller:
         wire = status.to_wire()
         if wire != current:
             try:
-                patch_status(self.api, Descendant, namespace, name, wire)
+                version = patch_status(self.api, Descendant, namespace, name, wire)
+                self._written[f"{namespace}/{name}"] = version
             except ApiException as error:
                 if error.status != 404:  # deleted meanwhile
                     raise

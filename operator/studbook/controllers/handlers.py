@@ -26,8 +26,9 @@ from studbook.k8s.jobs import LABEL_DESCENDANT
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
 Indexed = dict[tuple[str, str], dict[str, Any]]
-TIMER_INTERVAL = 10.0
-"""Seconds between looks at a Descendant that is not finished: retries and backoff run on it."""
+TIMER_INTERVAL = 20.0
+"""Seconds between looks at a Descendant that is not finished: backoff expiries run on it.
+Events (its own and its Jobs') drive everything else, so the timer starts one interval late."""
 
 
 def _post(body: dict[str, Any], event: Event) -> None:
@@ -47,7 +48,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = 8
+    # Reconciling mostly waits on the API server; enough threads keep new Descendants moving.
+    settings.execution.max_workers = 32
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         api = client.ApiClient()
@@ -106,12 +108,13 @@ def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwarg
     if type == "DELETED":
         metrics.POPULATION.forget(str(body["metadata"].get("uid")))
         return
-    _controller(memo).reconcile(dict(body), _view(kwargs))
+    _controller(memo).reconcile(dict(body), _view(kwargs), echo=True)
 
 
 @kopf.timer(
     *DESCENDANTS,
     interval=TIMER_INTERVAL,
+    initial_delay=TIMER_INTERVAL,
     when=lambda status, **_: status.get("phase") not in TERMINAL,
 )
 def descendant_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:

@@ -8,9 +8,11 @@ nothing from the API server and only writes.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from studbook.api.descendant import Descendant
 from studbook.api.policy import BreedingPolicy
@@ -20,6 +22,28 @@ from studbook.api.suite import EvaluationSuite
 R = TypeVar("R", bound=Resource)
 Key = tuple[str, str]
 Body = dict[str, Any]
+
+
+_PARSED: OrderedDict[tuple[str, str, str], Resource] = OrderedDict()
+_PARSED_MAX = 4096
+_PARSED_LOCK = threading.Lock()
+
+
+def typed(cls: type[R], body: Body) -> R:
+    """The typed resource of a body; parsed once per resourceVersion, as one is immutable."""
+    meta = body["metadata"]
+    key = (cls.__name__, str(meta.get("uid")), str(meta.get("resourceVersion")))
+    with _PARSED_LOCK:
+        found = _PARSED.get(key)
+        if found is not None:
+            _PARSED.move_to_end(key)
+            return cast(R, found)
+    parsed = cls.model_validate_json(json.dumps(body))
+    with _PARSED_LOCK:
+        _PARSED[key] = parsed
+        if len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return parsed
 
 
 def _one(index: Mapping[Key, Any], key: Key) -> Body | None:
@@ -46,7 +70,7 @@ class View:
 
     def _typed(self, index: Mapping[Key, Any], cls: type[R], namespace: str, name: str) -> R | None:
         body = _one(index, (namespace, name))
-        return None if body is None else cls.model_validate_json(json.dumps(body))
+        return None if body is None else typed(cls, body)
 
     def policy(self, namespace: str, name: str) -> BreedingPolicy | None:
         """A BreedingPolicy, typed."""

@@ -57,12 +57,12 @@ def create_if_absent(api: client.ApiClient, body: dict[str, Any]) -> bool:
 
 def patch_status(
     api: client.ApiClient, cls: type[Resource], namespace: str, name: str, status: dict[str, Any]
-) -> None:
-    """Replace the ``status`` of a Studbook resource through the status subresource."""
+) -> str:
+    """Replace the ``status`` of a Studbook resource; return the new ``resourceVersion``."""
     objects = client.CustomObjectsApi(api)
     # A JSON patch replaces status whole, so fields the new status drops go too.
     patch = [{"op": "add", "path": "/status", "value": status}]
-    objects.patch_namespaced_custom_object_status(
+    patched = objects.patch_namespaced_custom_object_status(
         GROUP,
         VERSION,
         namespace,
@@ -71,6 +71,7 @@ def patch_status(
         patch,
         _content_type="application/json-patch+json",
     )
+    return str(cast(dict[str, Any], patched)["metadata"]["resourceVersion"])
 
 
 def config_map_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:
