@@ -13,6 +13,7 @@ Used by the pytest fixtures and by `up.sh` / `down.sh`:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import http.client
 import importlib
@@ -87,6 +88,8 @@ _KCM_OFF = (
     "ttl",
     "volumeattributesclass-protection",
 )
+
+_PR_SET_PDEATHSIG = 1
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -276,6 +279,9 @@ class ControlPlane:
     workdir: Path
     bin_dir: Path
     python: str = sys.executable
+    # When the starting process dies (a killed pytest), the kernel stops the components, so no
+    # cluster outlives its test session on a shared machine. `up` detaches and sets this False.
+    tied_to_parent: bool = True
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     api_port: int = 0
     startup_seconds: float = 0.0
@@ -378,6 +384,7 @@ class ControlPlane:
             cwd=self.workdir,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.tied_to_parent else None,
         )
         log.close()
 
@@ -653,6 +660,12 @@ class ControlPlane:
         self.processes.clear()
 
 
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: PR_SET_PDEATHSIG delivers SIGTERM when the
+    # thread that forked it exits.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is not None:
         return
@@ -722,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir / stale, ignore_errors=True)
     try:
         bin_dir = build_binaries()
-        plane = ControlPlane(workdir=workdir, bin_dir=bin_dir)
+        plane = ControlPlane(workdir=workdir, bin_dir=bin_dir, tied_to_parent=False)
         plane.start()
     except ControlPlaneError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -40,6 +40,8 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from tests.cluster.controlplane import _die_with_parent
+
 log = logging.getLogger("podrunner")
 
 LOCAL_IP = "127.0.0.1"
@@ -355,6 +357,8 @@ class PodRunner:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    # A killed runner takes its pods with it, as a stopped node would.
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 out.write(f"cannot start {argv[0]}: {exc}\n".encode())
