@@ -56,7 +56,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
         "sentiment-gate": fx.write_jsonl(root / "s-gate.jsonl", sentiment["gate"]),
         "topic-gate": fx.write_jsonl(root / "t-gate.jsonl", topic["gate"]),
         "mixed-holdout": fx.write_jsonl(
-            root / "holdout.jsonl", sentiment["holdout"] + topic["holdout"]
+            root / "holdout.jsonl",
+            [r for pair in zip(sentiment["holdout"], topic["holdout"], strict=True) for r in pair],
         ),
     }
     return Data(root, files, {"sentiment": sentiment["train"], "topic": topic["train"]})

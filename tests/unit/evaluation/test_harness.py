@@ -189,7 +189,7 @@ def test_same_model_suite_and_seed_give_the_same_scorecard(data: Data, models: M
 
     def run(options: Options, seed: int = 7, with_parents: bool = True) -> Scorecard:
         return evaluate(
-            limited(data, 24, seed=seed),
+            limited(data, 16, seed=seed),
             ModelRef("task-arithmetic", models.merged),
             suite_name="sentiment-topic",
             parents=parents if with_parents else (),
@@ -300,3 +300,21 @@ def test_minilm_base_scores_a_thousand_examples_in_seconds(models: Models, tmp_p
         f" ({1000 / elapsed:.0f} examples/s; forward {card.profile.latency_ms_per_example:.2f}"  # type: ignore[union-attr]
         " ms/example)"
     )
+
+
+def test_the_trainer_command_line_evaluates(data: Data, models: Models, tmp_path: Path) -> None:
+    trainer = pytest.importorskip("studbook_trainer.__main__")
+    task = {
+        "suite": {"name": "sentiment-topic", "spec": limited(data, 8).to_wire()},
+        "subject": {"name": "sentiment", "path": str(models.sentiment)},
+        "options": {"measureLatency": False},
+    }
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    out = tmp_path / "scorecard.json"
+    argv = ["evaluate", "--task", str(tmp_path / "task.json"), "--out", str(out)]
+    assert trainer.main(argv) == 0
+    assert json.loads(out.read_bytes())["subject"].startswith("sha256:")
+    assert out.read_bytes() == canonical_json(evaluate_task(task))
+    task["suite"]["spec"]["datasets"][0]["digest"] = "sha256:" + "1" * 64
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    assert trainer.main(argv) == 2
