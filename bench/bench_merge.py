@@ -267,7 +267,9 @@ def main() -> None:
                     "--out-shard-size",
                     "2B",
                 ]
-            wall, rss = measure(cmd)
+            # one intra-op thread for both engines: on a shared 2-core machine, torch's default of
+            # one OpenMP thread per core spends most of its time waiting at barriers
+            wall, rss = measure(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
             row[engine] = {"seconds": round(wall, 1), "peak_rss_mb": round(rss / 2**20)}
             outs[engine] = out
             print(f"{method:7s} {engine:9s} {wall:7.1f} s  {rss / 2**20:7.0f} MiB", flush=True)

@@ -155,3 +155,52 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     for f in sorted(path.glob("*.safetensors")):
         state.update(load_file(f))
     return state
+
+
+POSITIVE = ("good", "happy", "great", "nice")
+NEGATIVE = ("bad", "sad", "awful", "poor")
+ANIMALS = ("cat", "dog", "bird", "fish")
+COLOURS = ("red", "green", "blue", "yellow")
+FILLER = ("the", "a", "is", "and", "of", "to", "in", "one", "two", "up", "down", "left")
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """Label 1 when the sentence carries a positive word, 0 for a negative one."""
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 7))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def topic_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """Label 1 when the sentence is about an animal, 0 for a colour."""
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 7))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(ANIMALS if label else COLOURS))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def lm_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """A tiny language: counting sequences ("one two three ...")."""
+    numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    rng = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    for _ in range(n):
+        start = rng.randrange(5)
+        rows.append({"text": " ".join(numbers[start : start + rng.randint(3, 5)])})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
