@@ -16,11 +16,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
+export STUDBOOK_CACHE
 export UV_CACHE_DIR := $(STUDBOOK_CACHE)/uv-cache
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all venv lock lint crds check-crds test test-unit clean
+.PHONY: all venv lock lint crds check-crds test test-unit test-integration cluster-bins \
+	dev-cluster dev-cluster-down clean
 
 all: test
 
@@ -66,10 +68,23 @@ lint: venv check-crds
 	$(PY) -m mypy operator/studbook trainer-image/studbook_trainer
 	$(PY) -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --config pyproject.toml
 
+# The test control plane's binaries, built from Go modules once per pin (tests/cluster/README.md).
+cluster-bins:
+	nice -n 10 tests/cluster/build.sh
+
+dev-cluster: venv cluster-bins
+	PYTHON=$(CURDIR)/$(PY) tests/cluster/up.sh
+
+dev-cluster-down:
+	PYTHON=$(CURDIR)/$(PY) tests/cluster/down.sh
+
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test: lint
+test-integration: venv cluster-bins
+	$(PY) -m pytest tests/integration -m cluster $(PYTEST_ARGS)
+
+test: lint cluster-bins
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 clean:

@@ -117,7 +117,8 @@ class DescendantSpec(ApiModel):
             field_path=".parents",
         ),
         Rule(
-            cel="self.operator.kind != 'lora' || (has(self.operator.lora.compose)"
+            cel="self.operator.kind != 'lora' || !has(self.operator.lora)"
+            " || (has(self.operator.lora.compose)"
             " ? size(self.parents) >= 2 && size(self.operator.lora.compose.weights)"
             " == size(self.parents) : size(self.parents) == 1)",
             message="lora takes one parent to train on, or two or more adapters to compose with"
@@ -143,7 +144,8 @@ class DescendantSpec(ApiModel):
             field_path=".parents",
         ),
         Rule(
-            cel="self.operator.kind != 'merge' || self.operator.merge.method != 'slerp'"
+            cel="self.operator.kind != 'merge' || !has(self.operator.merge)"
+            " || self.operator.merge.method != 'slerp'"
             " || size(self.parents) == 2",
             message="slerp merges exactly two parents",
             check=lambda s: (
@@ -154,7 +156,8 @@ class DescendantSpec(ApiModel):
             field_path=".parents",
         ),
         Rule(
-            cel="self.operator.kind != 'merge' || ((!has(self.operator.merge.base)"
+            cel="self.operator.kind != 'merge' || !has(self.operator.merge)"
+            " || ((!has(self.operator.merge.base)"
             " || self.parents.exists(p, p.name == self.operator.merge.base))"
             " && (!has(self.operator.merge.weights) || self.operator.merge.weights.all(w,"
             " self.parents.exists(p, p.name == w.parent))))",
@@ -163,7 +166,8 @@ class DescendantSpec(ApiModel):
             field_path=".operator.merge",
         ),
         Rule(
-            cel="self.operator.kind != 'router' || (self.parents.exists(p, p.name =="
+            cel="self.operator.kind != 'router' || !has(self.operator.router)"
+            " || (self.parents.exists(p, p.name =="
             " self.operator.router.fallback) && (!has(self.operator.router.routes)"
             " || self.operator.router.routes.all(r, self.parents.exists(p, p.name == r.parent))))",
             message="operator.router.fallback and routes must name parents listed in parents",
@@ -171,7 +175,8 @@ class DescendantSpec(ApiModel):
             field_path=".operator.router",
         ),
         Rule(
-            cel="self.operator.kind != 'distill' || !has(self.operator.distill.student)"
+            cel="self.operator.kind != 'distill' || !has(self.operator.distill)"
+            " || !has(self.operator.distill.student)"
             " || !has(self.operator.distill.student.parent)"
             " || self.parents.exists(p, p.name == self.operator.distill.student.parent)",
             message="operator.distill.student.parent must name a parent listed in parents",
@@ -180,11 +185,12 @@ class DescendantSpec(ApiModel):
         ),
         Rule(
             cel=" && ".join(
-                f"(self.operator.kind != '{kind}' || self.operator.{kind}.datasets.all(d,"
+                f"(self.operator.kind != '{kind}' || !has(self.operator.{kind})"
+                f" || self.operator.{kind}.datasets.all(d,"
                 " has(self.data) && self.data.exists(e, e.name == d)))"
                 for kind in ("finetune", "lora", "distill")
             )
-            + " && (self.operator.kind != 'quantize'"
+            + " && (self.operator.kind != 'quantize' || !has(self.operator.quantize)"
             " || !has(self.operator.quantize.calibrationDataset) || (has(self.data)"
             " && self.data.exists(e, e.name == self.operator.quantize.calibrationDataset)))",
             message="every dataset an operator reads must be declared in data",

@@ -35,6 +35,7 @@ from studbook.api.task import (
 )
 from studbook.artifacts import Store, Verifier
 from studbook.artifacts.errors import ArtifactError, IntegrityError, SignatureError
+from studbook.artifacts.policy import trust_policy
 from studbook.breeding.admission import ParentFacts, admit
 from studbook.breeding.flow import (
     BreedResult,
@@ -50,7 +51,6 @@ from studbook.breeding.flow import (
 from studbook.breeding.gates import evaluation_gate
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
-from studbook.controllers.trust import TRUST_CONFIG_KEY, trust_policy
 from studbook.controllers.view import View, typed
 from studbook.k8s import jobs as builders
 from studbook.k8s.client import config_map_value, create_if_absent, patch_status
@@ -58,6 +58,8 @@ from studbook.k8s.client import config_map_value, create_if_absent, patch_status
 log = logging.getLogger("studbook.descendants")
 
 EventSink = Callable[[dict[str, Any], Event], None]
+TRUST_CONFIG_KEY = "trust_config.json"
+"""The key of a keyless signer's ConfigMap that holds the sigstore ClientTrustConfig."""
 STEP_NAMES: dict[str, Step] = {"breed": "breed", "evaluate": "evaluate", "sign": "sign"}
 
 
@@ -178,10 +180,20 @@ class Controller:
     def _verifier(self, namespace: str, policy: BreedingPolicy) -> Verifier:
         key = (str(policy.metadata.uid), policy.metadata.generation or 0)
         if key not in self._verifiers:
-            trust = trust_policy(
-                policy.spec,
-                lambda name: config_map_value(self.api, namespace, name, TRUST_CONFIG_KEY),
-            )
+            configs, signers = {}, []
+            for signer in policy.spec.trusted_signers:
+                if signer.keyless is not None:
+                    name = signer.keyless.trust_config_map
+                    value = config_map_value(self.api, namespace, name, TRUST_CONFIG_KEY)
+                    if value is None:
+                        # A signer whose trust cannot be established verifies nothing.
+                        log.warning(
+                            "signer %s: no %s in ConfigMap %s", signer.name, TRUST_CONFIG_KEY, name
+                        )
+                        continue
+                    configs[name] = value.encode()
+                signers.append(signer)
+            trust = trust_policy(signers, configs)
             self._verifiers[key] = Verifier(Store.open(self.settings.store), trust)
         return self._verifiers[key]
 

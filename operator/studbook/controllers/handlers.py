@@ -20,7 +20,7 @@ from studbook.breeding.flow import TERMINAL, Event
 from studbook.controllers.descendants import Controller
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
-from studbook.controllers.view import View
+from studbook.controllers.view import View, forget
 from studbook.k8s.client import patch_status
 from studbook.k8s.jobs import LABEL_DESCENDANT
 
@@ -107,6 +107,7 @@ def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwarg
     """Every change of a Descendant (our own status patches included) is looked at once."""
     if type == "DELETED":
         metrics.POPULATION.forget(str(body["metadata"].get("uid")))
+        forget(str(body["metadata"].get("uid")))
         return
     _controller(memo).reconcile(dict(body), _view(kwargs), echo=True)
 

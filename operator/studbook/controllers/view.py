@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -24,26 +23,31 @@ Key = tuple[str, str]
 Body = dict[str, Any]
 
 
-_PARSED: OrderedDict[tuple[str, str, str], Resource] = OrderedDict()
-_PARSED_MAX = 4096
+# The latest parsed version of each object: policies, suites and parents are read on every
+# reconciliation of their dependents, but change rarely.
+_PARSED: dict[tuple[str, str], tuple[str, Resource]] = {}
 _PARSED_LOCK = threading.Lock()
 
 
 def typed(cls: type[R], body: Body) -> R:
-    """The typed resource of a body; parsed once per resourceVersion, as one is immutable."""
+    """The typed resource of a body, parsed once per resourceVersion."""
     meta = body["metadata"]
-    key = (cls.__name__, str(meta.get("uid")), str(meta.get("resourceVersion")))
+    key, version = (cls.__name__, str(meta.get("uid"))), str(meta.get("resourceVersion"))
     with _PARSED_LOCK:
         found = _PARSED.get(key)
-        if found is not None:
-            _PARSED.move_to_end(key)
-            return cast(R, found)
+    if found is not None and found[0] == version:
+        return cast(R, found[1])
     parsed = cls.model_validate_json(json.dumps(body))
     with _PARSED_LOCK:
-        _PARSED[key] = parsed
-        if len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
+        _PARSED[key] = (version, parsed)
     return parsed
+
+
+def forget(uid: str) -> None:
+    """Drop a deleted object's parsed versions."""
+    with _PARSED_LOCK:
+        for key in [k for k in _PARSED if k[1] == uid]:
+            del _PARSED[key]
 
 
 def _one(index: Mapping[Key, Any], key: Key) -> Body | None:
