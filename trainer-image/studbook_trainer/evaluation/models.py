@@ -224,6 +224,8 @@ class ClassifierEnsemble:
             raise ModelLoadError("an ensemble needs members")
         if len({m.num_labels for m in self.members}) != 1:
             raise ModelLoadError("ensemble members predict different numbers of classes")
+        if any(dict(m.label2id) != dict(self.members[0].label2id) for m in self.members):
+            raise ModelLoadError("ensemble members name their classes differently")
 
     @property
     def num_labels(self) -> int:
