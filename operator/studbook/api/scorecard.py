@@ -1,7 +1,8 @@
 """The scorecard: the evidence every gate reads. Versioned; signed beside the artifact.
 
-A scorecard holds no timestamp and nothing else that varies between runs, so the same model,
-suite and seed give the same scorecard, byte for byte in canonical JSON.
+A scorecard holds no timestamp, so the same model, suite and seed give the same scorecard, byte
+for byte in canonical JSON, except for what is measured rather than computed: the latency in
+``profile`` (and the ``latency_ms`` metric, when a suite asks for it).
 """
 
 from __future__ import annotations

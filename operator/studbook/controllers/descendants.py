@@ -36,6 +36,7 @@ from studbook.api.task import (
 from studbook.artifacts import Store, Verifier
 from studbook.artifacts.errors import ArtifactError, IntegrityError, SignatureError
 from studbook.artifacts.policy import trust_policy
+from studbook.artifacts.results import read_result
 from studbook.breeding.admission import ParentFacts, admit
 from studbook.breeding.flow import (
     BreedResult,
@@ -332,10 +333,7 @@ class Controller:
             max(done),
         )
         try:
-            with fsspec.open(uri, "rb") as handle:
-                return model.model_validate_json(handle.read())
-        except FileNotFoundError:
-            return None
+            return read_result(uri, model)
         except ValidationError as error:
             log.warning("%s result at %s is malformed: %s", step, uri, error)
             return None

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from pathlib import Path
 
 import fsspec
 from cryptography.hazmat.primitives import serialization
 
-from studbook.api.base import ApiModel
 from studbook.api.task import SignResultFile, SignTask
 from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Signer, Store
+from studbook.artifacts.results import write_result
 from studbook.artifacts.signing import sign_artifact, sign_scorecard
 
 
@@ -40,23 +39,6 @@ def signer_from_dir(directory: Path) -> tuple[Signer, str]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return KeySigner(key), "key:" + hashlib.sha256(public).hexdigest()[:16]
-
-
-def write_result(uri: str, result: ApiModel) -> None:
-    """Write a step's result so that a reader sees all of it or nothing."""
-    data = result.model_dump_json(by_alias=True, exclude_none=True).encode()
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(os.path.dirname(path), exist_ok=True)
-    if fs.protocol in ("file", ("file", "local")):
-        partial = f"{path}.{uuid.uuid4().hex}.partial"
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    else:
-        # Object stores publish an object only once it is written whole.
-        fs.pipe_file(path, data)
 
 
 def run_sign(task: SignTask, signer: Signer, identity: str) -> SignResultFile:
