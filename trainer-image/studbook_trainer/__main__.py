@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     log = logging.getLogger("studbook_trainer")
 
+    if args.command in ("run", "evaluate") and _is_pipeline_task(args.task):
+        return _pipeline_step(args.task, log)
     if args.command == "evaluate":
         from studbook_trainer.evaluation.entrypoint import run_command
 
@@ -60,6 +62,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         log.exception("task failed")
         print(f"error: task failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _is_pipeline_task(path: Path) -> bool:
+    """Whether a task file is one of the operator's (``studbook.api.task``)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False  # the task loaders below report it
+    return isinstance(data, dict) and data.get("schemaVersion") == "task.studbook.dev/v1"
+
+
+def _pipeline_step(path: Path, log: logging.Logger) -> int:
+    """Run a breed or evaluate step of the operator's pipeline."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from studbook.api.task import BreedTask, EvaluateTask
+    from studbook_trainer.steps import breed, evaluate_step
+
+    try:
+        task = TypeAdapter(BreedTask | EvaluateTask).validate_json(path.read_bytes())
+    except ValidationError as e:
+        print(f"error: task refused: {e}", file=sys.stderr)
+        return 2
+    try:
+        if isinstance(task, BreedTask):
+            breed(task)
+        else:
+            evaluate_step(task)
+    except Exception as e:
+        log.exception("%s step failed", task.step)
+        print(f"error: {task.step} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 

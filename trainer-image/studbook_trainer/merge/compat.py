@@ -8,6 +8,7 @@ field, tensor or file that differs and the two parents it differs between.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+RUNTIME_TOKENIZER_FIELDS = {
+    "tokenizer.json": ("truncation", "padding"),
+    "tokenizer_config.json": ("name_or_path",),
+}
+"""JSON fields that record how a tokenizer was last called or where it was loaded from, not what
+it does to text; they are left out of the comparison."""
+
+
+def _digest(path: Path) -> str:
+    ignored = RUNTIME_TOKENIZER_FIELDS.get(path.name)
+    if ignored:
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _sha256(path)
+        if isinstance(data, dict):
+            for key in ignored:
+                data.pop(key, None)
+            canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+            return hashlib.sha256(canonical.encode()).hexdigest()
+    return _sha256(path)
+
+
 def tokenizer_digests(root: Path) -> dict[str, str]:
-    """SHA-256 of each tokenizer file present in a model directory."""
-    return {n: _sha256(root / n) for n in TOKENIZER_FILES if (root / n).is_file()}
+    """SHA-256 of each tokenizer file present (JSON files without their runtime fields)."""
+    return {n: _digest(root / n) for n in TOKENIZER_FILES if (root / n).is_file()}
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> str | None:
