@@ -1,5 +1,8 @@
 """``python -m studbook_trainer run --task task.json``: what a breeding Job runs.
 
+``evaluate`` hands over to the evaluation harness (``studbook_trainer.evaluation``);
+``operators`` lists the operators and merge methods with their references.
+
 Exit status: 0 on success, 2 for a task that cannot run as written (unknown operator, missing
 parent, incompatible parents, configuration out of range), 1 for anything else.
 """

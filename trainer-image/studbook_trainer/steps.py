@@ -1,0 +1,134 @@
+"""The pipeline's breed and evaluate steps, as the operator's Jobs and ``studbook breed`` run them.
+
+A step reads a task of :mod:`studbook.api.task`, fetches its inputs from the artifact store
+(verified against their artifact ids), runs the operator or the evaluation harness, and leaves
+its output in the store: a sealed package, or a scorecard, plus the step's result file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import fsspec
+import torch
+
+from studbook.api.canonical import digest_of
+from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile, ScorecardSummary
+from studbook.api.task import (
+    BreedResultFile,
+    BreedTask,
+    EvaluateResultFile,
+    EvaluateTask,
+    ParentArtifact,
+)
+from studbook.artifacts import Lineage, Store
+from studbook.artifacts.results import write_result
+from studbook_trainer import __version__
+from studbook_trainer.evaluation.harness import ModelRef, Options, canonical_json, evaluate
+from studbook_trainer.runner import run_task
+from studbook_trainer.task import parse_task
+
+log = logging.getLogger("studbook_trainer")
+
+
+def _fetch(store: Store, parent: ParentArtifact, scratch: Path) -> Path:
+    """A verified local copy of a package's files."""
+    dest = scratch / "inputs" / parent.name
+    store.fetch(parent.artifact_id, dest)
+    return dest
+
+
+def breed(task: BreedTask) -> BreedResultFile:
+    """Run the operator on the parents, seal the output into the store, write the result."""
+    store = Store.open(task.store)
+    with tempfile.TemporaryDirectory(prefix="studbook-breed-") as tmp:
+        scratch = Path(tmp)
+        parents = [{"name": p.name, "uri": str(_fetch(store, p, scratch))} for p in task.parents]
+        output = scratch / "output"
+        trainer_task = parse_task(
+            {
+                "operator": task.operator.to_wire(),
+                "parents": parents,
+                "data": [{"name": d.name, "uri": d.uri, "digest": d.digest} for d in task.data],
+                "output": str(output),
+            }
+        )
+        run_task(trainer_task)
+        created = datetime.now(UTC)
+        lineage = Lineage(
+            parents=tuple(p.artifact_id for p in task.parents),
+            operator=task.operator.kind,
+            config_hash=digest_of(task.operator.config),
+            dataset_digests={d.name: d.digest for d in task.data},
+            code_version=__version__,
+            created_at=created,
+        )
+        manifest = store.seal(output, lineage)
+    log.info("sealed %s for %s", manifest.id, task.descendant)
+    result = BreedResultFile(
+        artifact=ArtifactStatus(
+            id=manifest.id,
+            short_id=manifest.id[7:19],
+            uri=store.package_path(manifest.id),
+            size_bytes=manifest.size,
+        ),
+        lineage=LineageStatus(
+            parent_ids=list(lineage.parents),
+            operator=task.operator.kind,
+            config_hash=lineage.config_hash,
+            data_digests=[d.digest for d in task.data],
+            code_version=__version__,
+            created_at=created,
+        ),
+        profile=ResourceProfile(size_bytes=manifest.size),
+    )
+    write_result(task.result, result)
+    return result
+
+
+def evaluate_step(task: EvaluateTask, options: Options | None = None) -> EvaluateResultFile:
+    """Evaluate the sealed subject against its parents, store the scorecard, write the result."""
+    store = Store.open(task.store)
+    with tempfile.TemporaryDirectory(prefix="studbook-evaluate-") as tmp:
+        scratch = Path(tmp)
+
+        def ref(model: ParentArtifact) -> ModelRef:
+            path = _fetch(store, model, scratch)
+            return ModelRef(model.name, path, model.artifact_id, tuple(model.niche.taxonomy))
+
+        card = evaluate(
+            task.suite,
+            ref(task.subject),
+            suite_name=task.suite_name,
+            suite_digest_value=task.suite_digest,
+            parents=[ref(p) for p in task.parents],
+            champion=ref(task.champion) if task.champion else None,
+            options=options or Options(device="cuda" if torch.cuda.is_available() else "cpu"),
+        )
+    uri = task.result.removesuffix(".json") + ".scorecard.json"
+    with fsspec.open(uri, "wb") as handle:
+        handle.write(canonical_json(card))
+    summary = ScorecardSummary(
+        suite=card.suite.name,
+        suite_version=card.suite.version,
+        suite_digest=card.suite.digest,
+        verdict=card.verdict,
+        net_gain=card.objective.net_gain if card.objective else None,
+        fitness=card.objective.value if card.objective else None,
+        metrics={m.key: m.value for m in card.metrics[:64]},
+        reasons=card.reasons[:32],
+        uri=uri,
+    )
+    profile = None
+    if card.profile is not None:
+        profile = ResourceProfile(
+            parameters=card.profile.parameters,
+            size_bytes=card.profile.size_bytes,
+            latency_ms_p50=card.profile.latency_ms_per_example,
+        )
+    result = EvaluateResultFile(scorecard=summary, profile=profile)
+    write_result(task.result, result)
+    return result
