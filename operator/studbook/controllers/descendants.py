@@ -39,6 +39,7 @@ from studbook.artifacts.policy import trust_policy
 from studbook.artifacts.results import read_result
 from studbook.breeding.admission import ParentFacts, admit
 from studbook.breeding.flow import (
+    TERMINAL,
     BreedResult,
     EvaluateResult,
     Event,
@@ -428,3 +429,72 @@ def _parent_artifact(parent: Descendant | None) -> ParentArtifact:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+class EventPoster:
+    """Posts a Descendant's transitions as Kubernetes events, from any thread."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    def __call__(self, body: dict[str, Any], event: Event) -> None:
+        """Post one event about the Descendant ``body``."""
+        meta = body["metadata"]
+        now = datetime.now(UTC)
+        record: Any = {
+            "metadata": {
+                "generateName": f"{meta['name']}.",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "studbook"},
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        try:
+            client.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], record)
+        except ApiException as error:  # an event is a courtesy, never a reason to fail
+            log.warning("event %s for %s not posted: %s", event.reason, meta["name"], error.reason)
+
+
+class Sweeper:
+    """Looks at every unfinished Descendant periodically, so backoff expiries need no event."""
+
+    def __init__(self, controller: Controller, interval: float) -> None:
+        self.controller = controller
+        self.interval = interval
+        self.view: View | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="studbook-sweeper", daemon=True)
+
+    def start(self) -> None:
+        """Start sweeping in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current sweep."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            view = self.view
+            if view is None:
+                continue
+            for values in list(view.descendants.values()):
+                for body in list(values):
+                    if (body.get("status") or {}).get("phase") in TERMINAL:
+                        continue
+                    try:
+                        self.controller.reconcile(body, view)
+                    except Exception:  # one broken object must not stop the sweep
+                        log.exception("sweeping %s failed", body["metadata"].get("name"))

@@ -7,7 +7,7 @@ schema. Handlers return nothing, so kopf writes nothing into ``status.<handler>`
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubernetes import client, config
@@ -16,8 +16,7 @@ from studbook import GROUP, VERSION, metrics
 from studbook.api.descendant import Descendant
 from studbook.api.policy import BreedingPolicy
 from studbook.api.suite import EvaluationSuite
-from studbook.breeding.flow import TERMINAL, Event
-from studbook.controllers.descendants import Controller
+from studbook.controllers.descendants import Controller, EventPoster, Sweeper
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget
@@ -27,17 +26,8 @@ from studbook.k8s.jobs import LABEL_DESCENDANT
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
 Indexed = dict[tuple[str, str], dict[str, Any]]
 TIMER_INTERVAL = 20.0
-"""Seconds between looks at a Descendant that is not finished: backoff expiries run on it.
-Events (its own and its Jobs') drive everything else, so the timer starts one interval late."""
-
-
-def _post(body: dict[str, Any], event: Event) -> None:
-    kopf.event(
-        kopf.Body(cast(kopf.RawBody, body)),
-        type=event.type,
-        reason=event.reason,
-        message=event.message[:1024],
-    )
+"""Seconds between sweeps over unfinished Descendants: backoff expiries need no event. One
+sweeper for all, rather than a kopf timer per object, keeps memory flat as the population grows."""
 
 
 @kopf.on.startup()
@@ -55,7 +45,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         api = client.ApiClient()
     except config.ConfigException:
         api = config.new_client_from_config()  # type: ignore[no-untyped-call]
-    memo.controller = Controller(api=api, settings=OperatorSettings.from_env(), post_event=_post)
+    memo.controller = Controller(
+        api=api, settings=OperatorSettings.from_env(), post_event=EventPoster(api)
+    )
+    memo.sweeper = Sweeper(memo.controller, TIMER_INTERVAL)
+    memo.sweeper.start()
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    """Stop looking at unfinished Descendants."""
+    memo.sweeper.stop()
 
 
 def _controller(memo: kopf.Memo) -> Controller:
@@ -109,18 +109,9 @@ def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwarg
         metrics.POPULATION.forget(str(body["metadata"].get("uid")))
         forget(str(body["metadata"].get("uid")))
         return
-    _controller(memo).reconcile(dict(body), _view(kwargs), echo=True)
-
-
-@kopf.timer(
-    *DESCENDANTS,
-    interval=TIMER_INTERVAL,
-    initial_delay=TIMER_INTERVAL,
-    when=lambda status, **_: status.get("phase") not in TERMINAL,
-)
-def descendant_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Unfinished Descendants are looked at again: backoff expiries need no event."""
-    _controller(memo).reconcile(dict(body), _view(kwargs))
+    view = _view(kwargs)
+    memo.sweeper.view = view
+    _controller(memo).reconcile(dict(body), view, echo=True)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_DESCENDANT: kopf.PRESENT})
