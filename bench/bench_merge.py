@@ -152,19 +152,35 @@ def ensure_mergekit() -> Path:
     return python
 
 
+# Runs the command from a fresh, small interpreter: a child forked from this (large) process
+# would count this process's resident pages in its own peak RSS until it execs.
+_LAUNCHER = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_counter() - start,
+                  "maxrss_kb": usage.ru_maxrss}))
+"""
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of a child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.stderr.write(output.decode(errors="replace")[-4000:])
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
-    return wall, usage.ru_maxrss * 1024
+    """Wall seconds and peak RSS (bytes) of a command, measured by a small launcher process."""
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, *cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"rc": -1}
+    if proc.returncode != 0 or result["rc"] != 0:
+        sys.stderr.write("\n".join(lines[-40:]) + "\n")
+        raise SystemExit(f"command failed ({result['rc']}): {' '.join(cmd)}")
+    return float(result["wall"]), int(result["maxrss_kb"]) * 1024
 
 
 def studbook_plan(method: str, a: Path, b: Path, base: Path) -> dict[str, Any]:
