@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.cluster.fixtures"]
+pytest_plugins = ["tests.cluster.fixtures", "tests.operator_fixtures"]

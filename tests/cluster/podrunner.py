@@ -68,15 +68,16 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 def remap(text: str, mounts: Iterable[tuple[str, Path]]) -> str:
     """Rewrite container paths under a mountPath to their local directories.
 
-    `mounts` must be ordered longest mountPath first, so nested mounts win.
+    `mounts` must be ordered longest mountPath first, so nested mounts win. One pass over the
+    text: a rewritten path is never rewritten again (the local directories may themselves lie
+    under a mountPath such as /tmp).
     """
-    for mount_path, local in mounts:
-        prefix = mount_path.rstrip("/")
-        if not prefix:
-            continue
-        pattern = re.compile(rf"(?<![\w./-]){re.escape(prefix)}(?=/|$|[^\w.-])")
-        text = pattern.sub(lambda _m, local=local: str(local), text)
-    return text
+    locals_ = {m.rstrip("/"): str(local) for m, local in mounts if m.rstrip("/")}
+    if not locals_:
+        return text
+    alternatives = "|".join(re.escape(prefix) for prefix in locals_)
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])")
+    return pattern.sub(lambda m: locals_[m.group(1)], text)
 
 
 @dataclass

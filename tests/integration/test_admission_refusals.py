@@ -21,7 +21,7 @@ from studbook import GROUP, VERSION
 from studbook.artifacts import KeySigner, Lineage, Store
 from studbook.artifacts.signing import sign_artifact
 from tests.builders import Body
-from tests.integration.conftest import OperatorProcess, apply, wait_for
+from tests.operator_fixtures import OperatorProcess, apply, wait_for
 
 pytestmark = pytest.mark.cluster
 

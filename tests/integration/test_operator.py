@@ -9,7 +9,7 @@ from kubernetes import client
 
 from studbook import GROUP, VERSION
 from tests.builders import Body
-from tests.integration.conftest import OperatorProcess, apply, wait_for
+from tests.operator_fixtures import OperatorProcess, apply, wait_for
 from tests.manifests import example
 
 pytestmark = pytest.mark.cluster

@@ -1,4 +1,4 @@
-"""The operator as a real process against the session's control plane."""
+"""pytest plugin: the operator as a real process against the session's control plane."""
 
 from __future__ import annotations
 

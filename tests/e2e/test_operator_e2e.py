@@ -1,0 +1,155 @@
+"""End to end: a founder applied as a manifest is imported, evaluated and signed by real Jobs.
+
+The operator runs against the real control plane; its Jobs land on the local pod runner's node,
+which executes them as processes here: the trainer imports and seals the founder, the harness
+evaluates it on a real suite, the sign Job signs artifact and scorecard. ``studbook verify``
+then checks the artifact the way a user would.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from kubernetes import client
+
+from studbook import GROUP, VERSION
+from studbook_trainer.evaluation import bytes_digest
+from studbook_trainer.operators.simple import directory_id
+from tests.builders import Body
+from tests.operator_fixtures import OperatorProcess, apply, wait_for
+from tests.unit.evaluation import _fixtures as fx
+
+pytestmark = pytest.mark.cluster
+
+LOCAL_NODE = {
+    "nodeSelector": {"studbook.dev/local-runner": "true"},
+    "tolerations": [
+        {
+            "key": "studbook.dev/local-runner",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoSchedule",
+        }
+    ],
+}
+
+
+def _suite(tmp_path: Path) -> dict[str, Any]:
+    sizes = {"gate": 24, "holdout": 12, "optimize": 12}
+    sentiment, topic = fx.splits("sentiment", sizes), fx.splits("topic", sizes)
+    files = {
+        "sentiment-optimize": fx.write_jsonl(tmp_path / "s-opt.jsonl", sentiment["optimize"]),
+        "sentiment-gate": fx.write_jsonl(tmp_path / "s-gate.jsonl", sentiment["gate"]),
+        "topic-gate": fx.write_jsonl(tmp_path / "t-gate.jsonl", topic["gate"]),
+        "mixed-holdout": fx.write_jsonl(
+            tmp_path / "holdout.jsonl", sentiment["holdout"] + topic["holdout"]
+        ),
+    }
+    body = Body.of("suite")
+    for i, entry in enumerate(body.manifest["spec"]["datasets"]):
+        path = files[entry["name"]]
+        body.set(f"spec.datasets.{i}.uri", path.as_uri())
+        body.set(f"spec.datasets.{i}.digest", bytes_digest(path.read_bytes()))
+    body.set("spec.bootstrap", {"samples": 100, "confidence": 0.95})
+    # A freshly initialised head scores by chance: the founder passes the suite's own bounds.
+    body.set("spec.thresholds", [{"metric": "ece", "dataset": "sentiment-gate", "max": 1.0}])
+    return body.manifest
+
+
+def _signing_key(kube: client.ApiClient, namespace: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    client.CoreV1Api(kube).create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "studbook-signing"},
+            "data": {"key.pem": base64.b64encode(pem).decode()},
+        },
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return public.decode()
+
+
+def _status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    found = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "descendants", name
+    )
+    status: dict[str, Any] = found.get("status") or {}
+    return status
+
+
+def test_founder_manifest_ends_ready_signed_and_evaluated(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    founder_dir = fx.base_classifier(tmp_path / "founder")
+    public = _signing_key(kube, namespace)
+    (tmp_path / "trusted.pem").write_text(public)
+    policy = Body.of("policy").set(
+        "spec.trustedSigners", [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}]
+    )
+    policy.set("spec.evaluationGates", {})
+    apply(kube, namespace, policy.manifest)
+    apply(kube, namespace, _suite(tmp_path))
+    founder = (
+        Body.of("founder-import")
+        .set("spec.operator.import.uri", str(founder_dir))
+        .set("spec.operator.import.digest", directory_id(founder_dir))
+        .set("spec.compatibility.architecture", "BertForSequenceClassification")
+        .set("spec.resources", {**LOCAL_NODE, "backoffLimit": 0})
+    )
+    apply(kube, namespace, founder.manifest)
+
+    def finished() -> dict[str, Any] | None:
+        status = _status(kube, namespace, "minilm-base")
+        return status if status.get("phase") in ("Ready", "Failed", "Rejected") else None
+
+    status = wait_for(finished, timeout=600, what="founder finished", log=operator.log)
+    assert status["phase"] == "Ready", status.get("message")
+    assert status["stage"] == "candidate"
+    artifact = status["artifact"]
+    assert artifact["id"].startswith("sha256:") and artifact["signer"].startswith("key:")
+    assert status["lineage"]["operator"] == "import"
+    assert status["scorecard"]["verdict"] == "pass"
+    assert "sentiment-gate/accuracy" in status["scorecard"]["metrics"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Admitted": "True",
+        "Bred": "True",
+        "Evaluated": "True",
+        "Signed": "True",
+        "Ready": "True",
+    }
+    assert [(j["purpose"], j["phase"]) for j in status["jobs"]] == [
+        ("breed", "Succeeded"),
+        ("evaluate", "Succeeded"),
+        ("sign", "Succeeded"),
+    ]
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studbook",
+            "verify",
+            artifact["id"],
+            "--store",
+            str(operator.store),
+            "--trusted-key",
+            str(tmp_path / "trusted.pem"),
+            "--scorecards",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
