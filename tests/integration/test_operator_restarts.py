@@ -12,8 +12,8 @@ from kubernetes import client
 
 from studbook import GROUP, VERSION
 from tests.builders import Body
-from tests.operator_fixtures import OperatorProcess, apply, wait_for
 from tests.manifests import example
+from tests.operator_fixtures import OperatorProcess, apply, wait_for
 
 pytestmark = pytest.mark.cluster
 
