@@ -31,8 +31,9 @@ $(UV):
 	$(STUDBOOK_CACHE)/uv-$(UV_VERSION)/bin/pip install --quiet uv==$(UV_VERSION)
 
 # The dependency environment: created once per lock and never changed afterwards. The marker
-# is written last, so an interrupted install is redone from scratch.
-$(DEPS)/.complete: $(UV) $(LOCK)
+# is written last, so an interrupted install is redone from scratch. Its path already names the
+# lock's hash, so the lock is no prerequisite: a fresh clone's newer lock file must not rebuild it.
+$(DEPS)/.complete: | $(UV)
 	rm -rf $(DEPS)
 	$(UV) venv --quiet --python $(PYTHON) $(DEPS)
 	VIRTUAL_ENV=$(DEPS) $(UV) pip sync --quiet $(LOCK)
