@@ -113,3 +113,19 @@ def test_an_existing_output_is_never_overwritten(
     task = write_task(tmp_path / "t.json", merge_task(out, a=llama_a, b=llama_b))
     assert main(["run", "--task", str(task)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_malformed_pipeline_task_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = write_task(
+        tmp_path / "t.json",
+        {"schemaVersion": "task.studbook.dev/v1", "step": "breed", "descendant": "ns/x"},
+    )
+    assert main(["run", "--task", str(task)]) == 2
+    assert "task refused" in capsys.readouterr().err
+    sign = write_task(
+        tmp_path / "s.json", {"schemaVersion": "task.studbook.dev/v1", "step": "sign"}
+    )
+    assert main(["run", "--task", str(sign)]) == 2
+    assert "task refused" in capsys.readouterr().err
