@@ -101,7 +101,9 @@ def test_admitted_founder_gets_an_untrusted_owned_breed_job_and_fails_without_re
     assert [j["name"] for j in status["jobs"]] == ["minilm-base-breed-1"]
     assert len(_jobs(kube, namespace)) == 1, "exactly one breed Job"
     policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
-    assert [p.spec.policy_types for p in policies] == [["Ingress", "Egress"]]
+    assert [(p.metadata.name, p.spec.policy_types) for p in policies] == [
+        ("studbook-untrusted", ["Ingress", "Egress"])
+    ]
 
 
 def test_missing_parent_waits_and_continues_when_it_appears(

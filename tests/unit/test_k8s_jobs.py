@@ -8,14 +8,9 @@ import pytest
 from tests.builders import Body
 
 from studbook.api import Descendant
-from studbook.k8s.jobs import (
-    JobSettings,
-    breed_network_policy,
-    job,
-    object_name,
-    task_config_map,
-)
+from studbook.k8s.jobs import JobSettings, job, object_name, untrusted_network_policy
 
+TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
 SETTINGS = JobSettings(
     trainer_image="registry.example.com/studbook-trainer:0.1.0",
     operator_image="registry.example.com/studbook:0.1.0",
@@ -38,7 +33,7 @@ def _pod(job_body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_breed_pod_is_untrusted() -> None:
-    body = job(_descendant(), "breed", 1, SETTINGS)
+    body = job(_descendant(), "breed", 1, SETTINGS, TASK)
     pod = _pod(body)
     container = pod["containers"][0]
     assert pod["automountServiceAccountToken"] is False
@@ -52,7 +47,7 @@ def test_breed_pod_is_untrusted() -> None:
 
 
 def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
-    body = job(_descendant(), "breed", 1, SETTINGS)
+    body = job(_descendant(), "breed", 1, SETTINGS, TASK)
     pod = _pod(body)
     limits = pod["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
@@ -67,7 +62,7 @@ def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
 
 
 def test_sign_job_alone_sees_signing_material_and_no_gpu() -> None:
-    body = job(_descendant(), "sign", 1, SETTINGS)
+    body = job(_descendant(), "sign", 1, SETTINGS, TASK)
     pod = _pod(body)
     assert {"name": "signing", "secret": {"secretName": "studbook-signing-key"}} in pod["volumes"]
     assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
@@ -76,13 +71,18 @@ def test_sign_job_alone_sees_signing_material_and_no_gpu() -> None:
 
 
 @pytest.mark.parametrize("purpose", ["breed", "evaluate", "sign"])
-def test_children_are_owned_by_the_descendant(purpose: Any) -> None:
+def test_jobs_are_owned_and_carry_their_task(purpose: Any) -> None:
     owner = _descendant()
-    for child in (job(owner, purpose, 2, SETTINGS), task_config_map(owner, purpose, 2, "{}")):
-        (ref,) = child["metadata"]["ownerReferences"]
-        assert ref["kind"] == "Descendant" and ref["uid"] == owner.metadata.uid
-        assert ref["controller"] is True
-        assert child["metadata"]["name"] == f"minilm-sentiment-{purpose}-2"
+    child = job(owner, purpose, 2, SETTINGS, TASK)
+    (ref,) = child["metadata"]["ownerReferences"]
+    assert ref["kind"] == "Descendant" and ref["uid"] == owner.metadata.uid
+    assert ref["controller"] is True
+    assert child["metadata"]["name"] == f"minilm-sentiment-{purpose}-2"
+    template = child["spec"]["template"]
+    assert template["metadata"]["annotations"]["breeding.studbook.dev/task"] == TASK
+    (task_volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "task"]
+    (item,) = task_volume["downwardAPI"]["items"]
+    assert item["fieldRef"]["fieldPath"] == "metadata.annotations['breeding.studbook.dev/task']"
 
 
 def test_names_are_stable_and_fit_a_label() -> None:
@@ -93,9 +93,12 @@ def test_names_are_stable_and_fit_a_label() -> None:
 
 
 def test_network_policy_allows_only_the_store() -> None:
-    policy = breed_network_policy(_descendant(), SETTINGS)
+    policy = untrusted_network_policy("ml-breeding", SETTINGS)
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert policy["spec"]["ingress"] == []
     assert policy["spec"]["egress"] == list(SETTINGS.store_egress)
     selector = policy["spec"]["podSelector"]
-    assert selector["matchLabels"] == {"breeding.studbook.dev/descendant": "minilm-sentiment"}
+    (expression,) = selector["matchExpressions"]
+    assert expression["values"] == ["breed", "evaluate"], "sign pods are not fenced in"
+    pod_labels = job(_descendant(), "breed", 1, SETTINGS, TASK)["spec"]["template"]["metadata"]
+    assert selector["matchLabels"].items() <= pod_labels["labels"].items()

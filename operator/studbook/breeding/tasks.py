@@ -1,6 +1,6 @@
 """The task files of a descendant's steps, built from its spec and what its parents are.
 
-Shared by the operator (which puts them in ConfigMaps for Jobs) and ``studbook breed`` (which
+Shared by the operator (which hands them to Jobs in a pod annotation) and ``studbook breed`` (which
 runs them in local processes), so both run the same steps on the same inputs.
 """
 

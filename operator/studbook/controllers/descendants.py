@@ -78,6 +78,7 @@ class Controller:
     _verifiers: dict[tuple[str, int], Verifier] = field(default_factory=dict)
     _costed: set[str] = field(default_factory=set)
     _written: dict[str, str] = field(default_factory=dict)
+    _fenced: set[str] = field(default_factory=set)
 
     def reconcile(self, body: dict[str, Any], view: View, echo: bool = False) -> Plan | None:
         """Bring one Descendant a step further; returns the plan carried out.
@@ -359,22 +360,27 @@ class Controller:
     # -- acting ---------------------------------------------------------------------------
 
     def _act(self, descendant: Descendant, observed: Observed, plan: Plan, view: View) -> None:
+        namespace = descendant.metadata.namespace or "default"
         for step, attempt in plan.create:
             task = self._task(descendant, observed, step, attempt, view)
-            owner = descendant
-            create_if_absent(
-                self.api,
-                builders.task_config_map(
-                    owner, step, attempt, task.model_dump_json(by_alias=True, exclude_none=True)
-                ),
+            if step != "sign" and namespace not in self._fenced:
+                policy = builders.untrusted_network_policy(namespace, self.settings.jobs)
+                create_if_absent(self.api, policy)
+                self._fenced.add(namespace)
+            body = builders.job(
+                descendant,
+                step,
+                attempt,
+                self.settings.jobs,
+                task.model_dump_json(by_alias=True, exclude_none=True),
             )
-            if step != "sign":
-                create_if_absent(self.api, builders.breed_network_policy(owner, self.settings.jobs))
-            if create_if_absent(self.api, builders.job(owner, step, attempt, self.settings.jobs)):
+            if create_if_absent(self.api, body):
                 if attempt > 1:
                     metrics.JOB_RETRIES.labels(step).inc()
                     metrics.JOB_FAILURES.labels(step).inc()
-                log.info("created %s job attempt %d for %s", step, attempt, owner.metadata.name)
+                log.info(
+                    "created %s job attempt %d for %s", step, attempt, descendant.metadata.name
+                )
 
     def _task(
         self, descendant: Descendant, observed: Observed, step: Step, attempt: int, view: View

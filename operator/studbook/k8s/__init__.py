@@ -1,1 +1,1 @@
-"""Builders for Jobs, InferenceServices and ConfigMaps, and Kubernetes API helpers."""
+"""Builders for Jobs and NetworkPolicies, and Kubernetes API helpers."""

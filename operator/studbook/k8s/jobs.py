@@ -1,4 +1,4 @@
-"""Builders of the Kubernetes objects a Descendant runs: task ConfigMaps, Jobs, NetworkPolicies.
+"""Builders of the Kubernetes objects a Descendant runs: its Jobs, and the NetworkPolicy of them.
 
 The breed pod is untrusted: it runs as non-root on a read-only root filesystem, gets no
 service-account token, and a NetworkPolicy lets it reach nothing but the artifact store. Only the
@@ -23,6 +23,8 @@ LABEL_PURPOSE = f"{GROUP}/purpose"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
+ANNOTATION_TASK = f"{GROUP}/task"
+UNTRUSTED_POLICY = "studbook-untrusted"
 TASK_MOUNT = "/etc/studbook/task"
 NON_ROOT_UID = 65532
 SIGNING_MOUNT = "/etc/studbook/signing"
@@ -97,21 +99,6 @@ def _labels(owner: Descendant, purpose: Purpose, attempt: int) -> dict[str, str]
     return labels
 
 
-def task_config_map(owner: Descendant, purpose: Purpose, attempt: int, task_json: str) -> Body:
-    """The ConfigMap holding a Job's task file."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": object_name(owner.metadata.name, purpose, attempt),
-            "namespace": owner.metadata.namespace,
-            "labels": _labels(owner, purpose, attempt),
-            "ownerReferences": [owner_reference(owner)],
-        },
-        "data": {"task.json": task_json},
-    }
-
-
 def _resources(owner: Descendant, purpose: Purpose) -> Body:
     spec = owner.spec.resources
     amounts: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory}
@@ -123,8 +110,14 @@ def _resources(owner: Descendant, purpose: Purpose) -> Body:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings) -> Body:
-    """The Job that runs one step (breed, evaluate or sign) of a descendant."""
+def job(
+    owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings, task_json: str
+) -> Body:
+    """The Job that runs one step (breed, evaluate or sign) of a descendant.
+
+    The task travels in the pod's annotation and reaches the container as a file through the
+    downward API: one object per step, nothing to clean up beside it.
+    """
     name = object_name(owner.metadata.name, purpose, attempt)
     resources = owner.spec.resources
     labels = _labels(owner, purpose, attempt)
@@ -132,7 +125,17 @@ def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings
     if resources.gpu_type and purpose != "sign":
         node_selector[LABEL_GPU_PRODUCT] = resources.gpu_type
     volumes: list[Body] = [
-        {"name": "task", "configMap": {"name": name}},
+        {
+            "name": "task",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": "task.json",
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_TASK}']"},
+                    }
+                ]
+            },
+        },
         {"name": "scratch", "emptyDir": {}},
         {"name": "artifacts", **settings.artifact_volume},
     ]
@@ -187,7 +190,10 @@ def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings
         # Studbook retries with its own backoff and a new Job per attempt, so each attempt's
         # outcome stays visible; the Job itself never retries.
         "backoffLimit": 0,
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": labels, "annotations": {ANNOTATION_TASK: task_json}},
+            "spec": pod_spec,
+        },
     }
     if resources.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = resources.active_deadline_seconds
@@ -207,20 +213,22 @@ def job(owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings
     }
 
 
-def breed_network_policy(owner: Descendant, settings: JobSettings) -> Body:
-    """Deny every connection of the descendant's untrusted pods except to the artifact store."""
+def untrusted_network_policy(namespace: str, settings: JobSettings) -> Body:
+    """Deny every connection of a namespace's untrusted (breed, evaluate) pods but to the store.
+
+    One policy per namespace serves every descendant in it.
+    """
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": f"{owner.metadata.name[:50]}-untrusted",
-            "namespace": owner.metadata.namespace,
+            "name": UNTRUSTED_POLICY,
+            "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "studbook"},
-            "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
             "podSelector": {
-                "matchLabels": {LABEL_DESCENDANT: owner.metadata.name},
+                "matchLabels": {"app.kubernetes.io/managed-by": "studbook"},
                 "matchExpressions": [
                     {"key": LABEL_PURPOSE, "operator": "In", "values": ["breed", "evaluate"]}
                 ],
