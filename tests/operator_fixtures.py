@@ -108,6 +108,15 @@ def apply(kube: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> d
     return created
 
 
+def descendant_status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    """A Descendant's status as the API server has it (empty before the operator wrote one)."""
+    found = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "descendants", name
+    )
+    status: dict[str, Any] = found.get("status") or {}
+    return status
+
+
 def wait_for(
     probe: Callable[[], Any],
     timeout: float = 60.0,

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
-from studbook import GROUP, VERSION
 from studbook_trainer.evaluation import bytes_digest
 from studbook_trainer.operators.simple import directory_id
 from tests.builders import Body
-from tests.operator_fixtures import OperatorProcess, apply, wait_for
+from tests.keys import ec_key
+from tests.operator_fixtures import OperatorProcess, apply, descendant_status, wait_for
 from tests.unit.evaluation import _fixtures as fx
 
 pytestmark = pytest.mark.cluster
@@ -63,13 +61,9 @@ def _suite(tmp_path: Path) -> dict[str, Any]:
     return body.manifest
 
 
-def _signing_key(kube: client.ApiClient, namespace: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+def _signing_key(kube: client.ApiClient, namespace: str, tmp_path: Path) -> str:
+    public = ec_key(tmp_path / "signing" / "key.pem")
+    pem = (tmp_path / "signing" / "key.pem").read_bytes()
     client.CoreV1Api(kube).create_namespaced_secret(
         namespace,
         {
@@ -77,25 +71,14 @@ def _signing_key(kube: client.ApiClient, namespace: str) -> str:
             "data": {"key.pem": base64.b64encode(pem).decode()},
         },
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return public.decode()
-
-
-def _status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    found = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "descendants", name
-    )
-    status: dict[str, Any] = found.get("status") or {}
-    return status
+    return public
 
 
 def test_founder_manifest_ends_ready_signed_and_evaluated(
     kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     founder_dir = fx.base_classifier(tmp_path / "founder")
-    public = _signing_key(kube, namespace)
+    public = _signing_key(kube, namespace, tmp_path)
     (tmp_path / "trusted.pem").write_text(public)
     policy = Body.of("policy").set(
         "spec.trustedSigners", [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}]
@@ -113,7 +96,7 @@ def test_founder_manifest_ends_ready_signed_and_evaluated(
     apply(kube, namespace, founder.manifest)
 
     def finished() -> dict[str, Any] | None:
-        status = _status(kube, namespace, "minilm-base")
+        status = descendant_status(kube, namespace, "minilm-base")
         return status if status.get("phase") in ("Ready", "Failed", "Rejected") else None
 
     status = wait_for(finished, timeout=600, what="founder finished", log=operator.log)

@@ -13,33 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
 from studbook import GROUP, VERSION
 from studbook.artifacts import KeySigner, Lineage, Store
 from studbook.artifacts.signing import sign_artifact
 from tests.builders import Body
-from tests.operator_fixtures import OperatorProcess, apply, wait_for
+from tests.keys import ec_key
+from tests.operator_fixtures import OperatorProcess, apply, descendant_status, wait_for
 
 pytestmark = pytest.mark.cluster
 
 
 def _key(tmp_path: Path) -> tuple[KeySigner, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    path = tmp_path / "signer.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return KeySigner(path), public.decode()
+    public = ec_key(tmp_path / "signer.pem")
+    return KeySigner(tmp_path / "signer.pem"), public
 
 
 def _seal(store: Store, tmp_path: Path, name: str) -> str:
@@ -78,14 +66,6 @@ def _ready_parent(
     client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, "descendants", name, {"status": status}
     )
-
-
-def _status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    found = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "descendants", name
-    )
-    status: dict[str, Any] = found.get("status") or {}
-    return status
 
 
 def test_each_refusal_has_its_reason_and_creates_no_job(
@@ -179,16 +159,16 @@ def test_each_refusal_has_its_reason_and_creates_no_job(
         if reason is None:
             continue
         wait_for(
-            lambda n=name: _status(kube, namespace, n).get("phase") == "Rejected",
+            lambda n=name: descendant_status(kube, namespace, n).get("phase") == "Rejected",
             timeout=60,
             what=f"{name} rejected",
             log=idle_operator.log,
         )
-        status = _status(kube, namespace, name)
+        status = descendant_status(kube, namespace, name)
         admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
         assert admitted["reason"] == reason, (name, status["message"])
     wait_for(
-        lambda: _status(kube, namespace, "admitted").get("phase") == "Breeding",
+        lambda: descendant_status(kube, namespace, "admitted").get("phase") == "Breeding",
         timeout=60,
         what="admitted child breeding",
         log=idle_operator.log,

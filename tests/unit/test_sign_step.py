@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from tests.keys import ec_key
 
 from studbook.api.task import SignResultFile, SignTask
 from studbook.artifacts import Lineage, Store, TrustedKey, TrustPolicy, Verifier
@@ -17,20 +16,8 @@ from studbook.local.steps import run_sign, signer_from_dir
 
 
 def _key_dir(tmp_path: Path) -> tuple[Path, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    directory = tmp_path / "signing"
-    directory.mkdir()
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return directory, public
+    public = ec_key(tmp_path / "signing" / "key.pem")
+    return tmp_path / "signing", public.encode()
 
 
 def _sealed(tmp_path: Path) -> tuple[Store, str]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from tests.keys import ec_key
 
 from studbook.api.common import Compatibility, Niche
 from studbook.api.operators import OperatorSpec
@@ -39,23 +38,6 @@ def _import(store: Path, source: Path, name: str) -> BreedTask:
         store=str(store),
         result=str(store / "runs" / "ml" / name / "breed-1.json"),
     )
-
-
-def _signing(tmp_path: Path) -> tuple[Path, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    directory = tmp_path / "signing"
-    directory.mkdir()
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return directory, public
 
 
 def test_breed_evaluate_sign_a_specialist_against_its_parent(
@@ -98,8 +80,8 @@ def test_breed_evaluate_sign_a_specialist_against_its_parent(
     assert {c.name for c in card.comparisons} >= {"base", "majority-class"}
     assert evaluated.scorecard.net_gain is not None and evaluated.scorecard.net_gain > 0
 
-    keys, public = _signing(tmp_path)
-    signer, identity = signer_from_dir(keys)
+    public = ec_key(tmp_path / "signing" / "key.pem").encode()
+    signer, identity = signer_from_dir(tmp_path / "signing")
     run_sign(
         SignTask(
             descendant="ml/sentiment",
