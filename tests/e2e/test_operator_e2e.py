@@ -136,3 +136,116 @@ def test_founder_manifest_ends_ready_signed_and_evaluated(
         text=True,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _training_data(tmp_path: Path, niche: str) -> dict[str, Any]:
+    """A train split with integer labels (the trainer's format), declared as spec.data."""
+    records = [
+        {"text": r["text"], "label": fx.LABELS.index(r["label"])}
+        for r in fx.splits(niche, {"train": 64, "gate": 24, "holdout": 12, "optimize": 12})["train"]
+    ]
+    path = fx.write_jsonl(tmp_path / f"{niche}-train.jsonl", records)
+    return {"name": f"{niche}-train", "uri": str(path), "digest": bytes_digest(path.read_bytes())}
+
+
+def _lora(name: str, niche: str, data: dict[str, Any]) -> dict[str, Any]:
+    return (
+        Body.of("lora-specialist")
+        .set("metadata.name", name)
+        .set("spec.data", [{**data, "role": "train"}])
+        .set(
+            "spec.operator.lora",
+            {
+                "task": "sequence-classification",
+                "numLabels": len(fx.LABELS),
+                "datasets": [data["name"]],
+                "rank": 8,
+                "alpha": 16,
+                "targetModules": ["query", "value"],
+                "steps": 24,
+                "learningRate": 0.001,
+                "batchSize": 16,
+                "maxSeqLength": 32,
+                "mergeIntoBase": True,
+                "seed": 1,
+            },
+        )
+        .set("spec.niche.taxonomy", [f"classification/{niche}"])
+        .set("spec.resources", {**LOCAL_NODE, "backoffLimit": 0})
+        .manifest
+    )
+
+
+def test_lora_specialists_and_their_ties_merge_end_ready_signed_and_evaluated(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    founder_dir = fx.base_classifier(tmp_path / "founder")
+    public = _signing_key(kube, namespace, tmp_path)
+    (tmp_path / "trusted.pem").write_text(public)
+    policy = Body.of("policy").set(
+        "spec.trustedSigners", [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}]
+    )
+    apply(kube, namespace, policy.set("spec.evaluationGates", {}).manifest)
+    apply(kube, namespace, _suite(tmp_path))
+    founder = (
+        Body.of("founder-import")
+        .set("spec.operator.import.uri", str(founder_dir))
+        .set("spec.operator.import.digest", directory_id(founder_dir))
+        .set("spec.compatibility.architecture", "BertForSequenceClassification")
+        .set("spec.resources", {**LOCAL_NODE, "backoffLimit": 0})
+    )
+    merge = (
+        Body.of("ties-merge")
+        .set("spec.operator.merge.overrides", [])
+        .set("spec.resources", {**LOCAL_NODE, "backoffLimit": 0})
+    )
+    # Children first: each waits for its parents to be Ready, as with `kubectl apply -f dir/`.
+    apply(kube, namespace, merge.manifest)
+    apply(
+        kube,
+        namespace,
+        _lora("minilm-sentiment", "sentiment", _training_data(tmp_path, "sentiment")),
+    )
+    apply(kube, namespace, _lora("minilm-topic", "topic", _training_data(tmp_path, "topic")))
+    apply(kube, namespace, founder.manifest)
+
+    names = ["minilm-base", "minilm-sentiment", "minilm-topic", "minilm-sentiment-topic-ties"]
+
+    def finished() -> list[dict[str, Any]] | None:
+        statuses = [descendant_status(kube, namespace, n) for n in names]
+        done = all(s.get("phase") in ("Ready", "Failed", "Rejected") for s in statuses)
+        return statuses if done else None
+
+    statuses = wait_for(finished, timeout=1200, what="the family finished", log=operator.log)
+    for name, status in zip(names, statuses, strict=True):
+        assert status["phase"] == "Ready", (name, status.get("message"))
+        assert status["artifact"]["signer"].startswith("key:"), name
+        assert status["scorecard"]["verdict"] == "pass", name
+    base, sentiment, topic, merged = statuses
+    assert sentiment["lineage"]["operator"] == "lora"
+    assert sentiment["lineage"]["parentIds"] == [base["artifact"]["id"]]
+    assert merged["lineage"]["operator"] == "merge"
+    assert merged["lineage"]["parentIds"] == [
+        base["artifact"]["id"],
+        sentiment["artifact"]["id"],
+        topic["artifact"]["id"],
+    ]
+    gain = sentiment["scorecard"]["metrics"]["sentiment-gate/accuracy"]
+    assert gain > base["scorecard"]["metrics"]["sentiment-gate/accuracy"]
+    for status in statuses:
+        verified = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "studbook",
+                "verify",
+                status["artifact"]["id"],
+                "--store",
+                str(operator.store),
+                "--trusted-key",
+                str(tmp_path / "trusted.pem"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -61,7 +61,7 @@ def _sha256(path: Path) -> str:
 
 RUNTIME_TOKENIZER_FIELDS = {
     "tokenizer.json": ("truncation", "padding"),
-    "tokenizer_config.json": ("name_or_path",),
+    "tokenizer_config.json": ("name_or_path", "local_files_only", "is_local"),
 }
 """JSON fields that record how a tokenizer was last called or where it was loaded from, not what
 it does to text; they are left out of the comparison."""
