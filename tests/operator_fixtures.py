@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from kubernetes import client
 
 from studbook import GROUP, VERSION
-from tests.cluster.controlplane import ControlPlane
+from tests.cluster.controlplane import ControlPlane, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,6 +30,7 @@ class OperatorProcess:
         self.store = store
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
@@ -51,13 +53,19 @@ class OperatorProcess:
                 "-n",
                 self.namespace,
                 "--metrics-port",
-                "0",
+                str(self.metrics_port),
             ],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
+
+    def metrics(self) -> str:
+        """The operator's Prometheus exposition."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as page:
+            text: str = page.read().decode()
+        return text
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -72,6 +72,17 @@ def test_forbidden_operator_is_rejected_without_a_job(
     assert "operator 'merge' is not allowed" in status["message"]
     jobs = [j.metadata.name for j in _jobs(kube, namespace)]
     assert not any(name.startswith("minilm-sentiment-topic-ties") for name in jobs)
+    expected = (
+        'studbook_admissions_refused_total{reason="OperatorForbidden"} 1.0',
+        'studbook_descendants{phase="Rejected",stage="none"} 1.0',
+        'studbook_reconciles_total{kind="Descendant",outcome="ok"}',
+    )
+    wait_for(
+        lambda: all(line in operator.metrics() for line in expected),
+        timeout=15,
+        what=f"metrics {expected}",
+        log=operator.log,
+    )
 
 
 def test_admitted_founder_gets_an_untrusted_owned_breed_job_and_fails_without_result(

@@ -76,7 +76,7 @@ class Controller:
         default_factory=lambda: defaultdict(threading.Lock)
     )
     _verifiers: dict[tuple[str, int], Verifier] = field(default_factory=dict)
-    _costed: set[str] = field(default_factory=set)
+    _counted: set[str] = field(default_factory=set)
     _written: dict[str, str] = field(default_factory=dict)
     _fenced: set[str] = field(default_factory=set)
 
@@ -118,19 +118,19 @@ class Controller:
             self._patch_if_changed(namespace, name, current_status, status)
             return None
         status = descendant.status or DescendantStatus()
-        metrics.POPULATION.observe(str(descendant.metadata.uid), status.phase, status.stage)
         observed = self._observe(descendant, status, view)
         plan = reconcile(observed)
         self._act(descendant, observed, plan, view)
+        # Metrics first: whoever sees the new status can already scrape it.
+        metrics.POPULATION.observe(
+            str(descendant.metadata.uid), plan.status.phase, plan.status.stage
+        )
         if plan.status.phase == "Rejected" and status.phase != "Rejected":
             for refusal in observed.decision.refusals if observed.decision else ():
                 metrics.ADMISSIONS_REFUSED.labels(refusal.reason).inc()
         self._patch_if_changed(namespace, name, current_status, plan.status)
         for event in plan.events:
             self.post_event(body, event)
-        metrics.POPULATION.observe(
-            str(descendant.metadata.uid), plan.status.phase, plan.status.stage
-        )
         return plan
 
     def _observe(self, descendant: Descendant, status: DescendantStatus, view: View) -> Observed:
@@ -275,7 +275,7 @@ class Controller:
             conditions.get("Failed", {}).get("lastTransitionTime")
         )
         if phase in ("Succeeded", "Failed"):
-            self._cost(namespace, job, started, finished)
+            self._finished(namespace, step, job, phase == "Failed", started, finished)
         return JobObservation(
             step=step,
             attempt=attempt,
@@ -286,18 +286,24 @@ class Controller:
             finished_at=finished,
         )
 
-    def _cost(
+    def _finished(
         self,
         namespace: str,
+        step: Step,
         job: dict[str, Any],
+        failed: bool,
         started: datetime | None,
         finished: datetime | None,
     ) -> None:
-        """Count a finished Job's GPU hours once per process."""
+        """Count a finished Job (its failure, its GPU hours) once per process."""
         uid = str(job["metadata"].get("uid"))
-        if uid in self._costed or started is None:
+        if uid in self._counted:
             return
-        self._costed.add(uid)
+        self._counted.add(uid)
+        if failed:
+            metrics.JOB_FAILURES.labels(step).inc()
+        if started is None:
+            return
         container = job["spec"]["template"]["spec"]["containers"][0]
         gpus = int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
         hours = ((finished or datetime.now(UTC)) - started).total_seconds() / 3600
@@ -377,7 +383,6 @@ class Controller:
             if create_if_absent(self.api, body):
                 if attempt > 1:
                     metrics.JOB_RETRIES.labels(step).inc()
-                    metrics.JOB_FAILURES.labels(step).inc()
                 log.info(
                     "created %s job attempt %d for %s", step, attempt, descendant.metadata.name
                 )
