@@ -70,6 +70,54 @@ def operator(
     )
 
 
+@app.command()
+def breed(
+    directory: Annotated[
+        Path | None, typer.Argument(help="A directory of manifests (policy, suite, descendants).")
+    ] = None,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", "-f", help="Manifest files (repeatable).")
+    ] = None,
+    workspace: Annotated[
+        Path, typer.Option(help="Where the store, runs, key and registry live.")
+    ] = Path(".studbook"),
+) -> None:
+    """Breed a directory of manifests on this machine, as the operator would on a cluster."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from studbook.local.manifests import ManifestsError, load, manifest_files
+    from studbook.local.pipeline import LocalBreeder, Workspace
+
+    console = Console()
+    paths = list(file or []) + (manifest_files(directory) if directory else [])
+    if not paths:
+        raise typer.BadParameter("give a directory or --file")
+    try:
+        manifests = load(paths)
+    except ManifestsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    space = Workspace(workspace)
+    breeder = LocalBreeder(space, lambda name, what: console.print(f"[bold]{name}[/bold] {what}"))
+    console.print(f"signing key: {space.key_dir / 'key.pem'}")
+    statuses = breeder.breed(manifests)
+    table = Table("descendant", "phase", "stage", "artifact", "verdict", "net gain")
+    for name, status in statuses.items():
+        card = status.scorecard
+        table.add_row(
+            name,
+            status.phase,
+            status.stage or "",
+            status.artifact.short_id if status.artifact else "",
+            card.verdict if card else "",
+            f"{card.net_gain:+.3f}" if card and card.net_gain is not None else "",
+        )
+    console.print(table)
+    if any(s.phase != "Ready" for s in statuses.values()):
+        raise typer.Exit(1)
+
+
 @app.command("sign-task")
 def sign_task(
     task: Annotated[Path, typer.Option(help="The sign task file a sign Job is given.")],

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -25,37 +24,28 @@ from studbook import metrics
 from studbook.api import reasons
 from studbook.api.descendant import Descendant, DescendantStatus
 from studbook.api.policy import BreedingPolicy
-from studbook.api.scorecard import Scorecard
 from studbook.api.task import (
-    BreedResultFile,
-    EvaluateResultFile,
     ParentArtifact,
-    SignResultFile,
-    result_uri,
 )
 from studbook.artifacts import Store, Verifier
 from studbook.artifacts.errors import ArtifactError, IntegrityError, SignatureError
 from studbook.artifacts.policy import trust_policy
-from studbook.artifacts.results import read_result
 from studbook.breeding.admission import ParentFacts, admit
 from studbook.breeding.flow import (
     TERMINAL,
-    BreedResult,
-    EvaluateResult,
     Event,
     JobObservation,
     Observed,
     Plan,
-    SignResult,
     Step,
     reconcile,
 )
-from studbook.breeding.gates import evaluation_gate
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, typed
 from studbook.k8s import jobs as builders
 from studbook.k8s.client import config_map_value, create_if_absent, patch_status
+from studbook.local.steps import step_results
 
 log = logging.getLogger("studbook.descendants")
 
@@ -165,18 +155,23 @@ class Controller:
         if missing or decision.refusals:
             return Observed(generation, status, now, missing=tuple(missing), decision=decision)
         jobs = self._jobs(namespace, view.jobs_of(namespace, descendant.metadata.name))
-        breed = self._result(descendant, jobs, "breed", BreedResultFile)
-        evaluate = self._result(descendant, jobs, "evaluate", EvaluateResultFile)
-        sign = self._result(descendant, jobs, "sign", SignResultFile)
+        breed, evaluate, sign = step_results(
+            self.settings.store,
+            namespace,
+            descendant.metadata.name,
+            jobs,
+            policy.spec.evaluation_gates,
+            self._store_uri,
+        )
         return Observed(
             generation=generation,
             status=status,
             now=now,
             decision=decision,
             jobs=jobs,
-            breed=BreedResult(breed.artifact, breed.lineage, breed.profile) if breed else None,
-            evaluate=self._gated(policy, evaluate) if evaluate else None,
-            sign=SignResult(sign.signature_uri, sign.signer) if sign else None,
+            breed=breed,
+            evaluate=evaluate,
+            sign=sign,
             max_attempts=1 + spec.resources.backoff_limit,
         )
 
@@ -322,37 +317,6 @@ class Controller:
                     detail = " | ".join(tail) if tail else (done.reason or "")
                     return f"exit code {done.exit_code}: {detail}"
         return None
-
-    def _result(
-        self,
-        descendant: Descendant,
-        jobs: dict[tuple[Step, int], JobObservation],
-        step: Step,
-        model: type[Any],
-    ) -> Any:
-        done = [a for (s, a), job in jobs.items() if s == step and job.phase == "Succeeded"]
-        if not done:
-            return None
-        uri = result_uri(
-            self.settings.store,
-            descendant.metadata.namespace or "default",
-            descendant.metadata.name,
-            step,
-            max(done),
-        )
-        try:
-            return read_result(uri, model)
-        except ValidationError as error:
-            log.warning("%s result at %s is malformed: %s", step, uri, error)
-            return None
-
-    def _gated(self, policy: BreedingPolicy, result: EvaluateResultFile) -> EvaluateResult:
-        reasons_ = list(result.scorecard.reasons if result.scorecard.verdict != "pass" else [])
-        if result.scorecard.uri:
-            with fsspec.open(self._store_uri(result.scorecard.uri), "rb") as handle:
-                card = Scorecard.model_validate_json(handle.read())
-            reasons_ = list(evaluation_gate(card, policy.spec.evaluation_gates).reasons)
-        return EvaluateResult(result.scorecard, tuple(reasons_))
 
     def _store_uri(self, job_uri: str) -> str:
         """A URI the Jobs wrote, as the operator reaches it."""

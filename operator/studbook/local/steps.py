@@ -1,22 +1,45 @@
-"""The steps of the pipeline that run outside the trainer: signing, and writing step results.
+"""The steps of the pipeline that run outside the trainer: signing, and reading step results.
 
-The sign Job (``studbook sign-task``) and ``studbook breed`` run the same function here, so a
-descendant is signed the same way on a cluster and on a laptop.
+The sign Job (``studbook sign-task``), the operator and ``studbook breed`` use the same functions
+here, so a descendant is signed and judged the same way on a cluster and on a laptop.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import fsspec
 from cryptography.hazmat.primitives import serialization
+from pydantic import BaseModel, ValidationError
 
-from studbook.api.task import SignResultFile, SignTask
+from studbook.api.policy import EvaluationGates
+from studbook.api.scorecard import Scorecard
+from studbook.api.task import (
+    BreedResultFile,
+    EvaluateResultFile,
+    SignResultFile,
+    SignTask,
+    result_uri,
+)
 from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Signer, Store
-from studbook.artifacts.results import write_result
+from studbook.artifacts.results import read_result, write_result
 from studbook.artifacts.signing import sign_artifact, sign_scorecard
+from studbook.breeding.flow import (
+    BreedResult,
+    EvaluateResult,
+    JobObservation,
+    SignResult,
+    Step,
+)
+from studbook.breeding.gates import evaluation_gate
+
+log = logging.getLogger("studbook.steps")
+M = TypeVar("M", bound=BaseModel)
 
 
 def signer_from_dir(directory: Path) -> tuple[Signer, str]:
@@ -56,3 +79,48 @@ def run_sign(task: SignTask, signer: Signer, identity: str) -> SignResultFile:
     )
     write_result(task.result, result)
     return result
+
+
+def step_results(
+    store: str,
+    namespace: str,
+    name: str,
+    jobs: Mapping[tuple[Step, int], JobObservation],
+    gates: EvaluationGates,
+    reachable: Callable[[str], str] = lambda uri: uri,
+) -> tuple[BreedResult | None, EvaluateResult | None, SignResult | None]:
+    """What the finished steps of a descendant left in the store, as the flow takes it.
+
+    Only the latest succeeded attempt of a step counts. The scorecard is read back and gated by
+    the policy here, outside the pod that computed it; ``reachable`` maps a URI as the step wrote
+    it to one the caller can open.
+    """
+
+    def latest(step: Step, model: type[M]) -> M | None:
+        done = [a for (s, a), job in jobs.items() if s == step and job.phase == "Succeeded"]
+        if not done:
+            return None
+        uri = result_uri(store, namespace, name, step, max(done))
+        try:
+            return read_result(uri, model)
+        except ValidationError as error:
+            log.warning("%s result at %s is malformed: %s", step, uri, error)
+            return None
+
+    bred = latest("breed", BreedResultFile)
+    evaluated = latest("evaluate", EvaluateResultFile)
+    signed = latest("sign", SignResultFile)
+    evaluation = None
+    if evaluated is not None:
+        summary = evaluated.scorecard
+        refusals = list(summary.reasons if summary.verdict != "pass" else [])
+        if summary.uri:
+            with fsspec.open(reachable(summary.uri), "rb") as handle:
+                card = Scorecard.model_validate_json(handle.read())
+            refusals = list(evaluation_gate(card, gates).reasons)
+        evaluation = EvaluateResult(summary, tuple(refusals))
+    return (
+        BreedResult(bred.artifact, bred.lineage, bred.profile) if bred else None,
+        evaluation,
+        SignResult(signed.signature_uri, signed.signer) if signed else None,
+    )
