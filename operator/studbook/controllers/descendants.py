@@ -28,7 +28,7 @@ from studbook.api.task import (
     ParentArtifact,
 )
 from studbook.artifacts import Store, Verifier
-from studbook.artifacts.errors import ArtifactError, IntegrityError, SignatureError
+from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
 from studbook.breeding.admission import ParentFacts, admit
 from studbook.breeding.flow import (
@@ -45,7 +45,7 @@ from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, typed
 from studbook.k8s import jobs as builders
 from studbook.k8s.client import config_map_value, create_if_absent, patch_status
-from studbook.local.steps import step_results
+from studbook.local.steps import parent_facts, step_results
 
 log = logging.getLogger("studbook.descendants")
 
@@ -200,40 +200,14 @@ class Controller:
     ) -> ParentFacts | None:
         if parent is None:
             return None
-        name = parent.metadata.name
-        status = parent.status or DescendantStatus()
-        artifact = status.artifact
-        ready = status.phase == "Ready" and artifact is not None and artifact.signer is not None
-        failed = (
-            f"{status.phase}: {status.message}" if status.phase in ("Failed", "Rejected") else None
-        )
-        signed = intact = False
-        if ready and artifact is not None:
-            try:
-                self._verifier(namespace, policy).verify(artifact.id)
-                signed = intact = True
-            except IntegrityError as error:
-                metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
-                log.warning("parent %s/%s does not verify: %s", namespace, name, error)
-            except SignatureError as error:
-                intact = True
-                metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
-                log.warning("parent %s/%s signature refused: %s", namespace, name, error)
-            except ArtifactError as error:
-                metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
-                log.warning("parent %s/%s refused: %s", namespace, name, error)
-        return ParentFacts(
-            name=name,
-            ready=ready,
-            failed=failed,
-            compatibility=parent.spec.compatibility,
-            license=parent.spec.license,
-            artifact_id=artifact.id if artifact else None,
-            signed=signed,
-            intact=intact,
-            restrictions=frozenset(r for d in parent.spec.data for r in d.restrictions),
-            licenses=frozenset({parent.spec.license}),
-        )
+        where = f"{namespace}/{parent.metadata.name}"
+
+        def refused(error: ArtifactError) -> None:
+            metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
+            log.warning("parent %s refused: %s", where, error)
+
+        verifier = self._verifier(namespace, policy)
+        return parent_facts(parent, parent.status or DescendantStatus(), verifier.verify, refused)
 
     def _jobs(
         self, namespace: str, bodies: list[dict[str, Any]]

@@ -29,7 +29,7 @@ from studbook.breeding.flow import TERMINAL, JobObservation, Observed, Step, rec
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.k8s.jobs import object_name
 from studbook.local.manifests import Manifests, order
-from studbook.local.steps import run_sign, signer_from_dir, step_results
+from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results
 
 NAMESPACE = "local"
 """The namespace of every run in a workspace: results live under ``runs/local/<name>``."""
@@ -145,31 +145,16 @@ class LocalBreeder:
         trust = trust_policy(offline)
         trust = type(trust)((*trust.signers, TrustedKey(self.public_key, "workspace")))
         verifier = Verifier(self.store, trust)
-        facts: dict[str, ParentFacts | None] = {}
-        for ref in descendant.spec.parents:
-            parent = manifests.descendants[ref.name]
-            status = done[ref.name]
-            artifact = status.artifact
-            signed = intact = False
-            if status.phase == "Ready" and artifact is not None:
-                try:
-                    verifier.verify(artifact.id)
-                    signed = intact = True
-                except ArtifactError as error:
-                    self.progress(descendant.metadata.name, f"parent {ref.name}: {error}")
-            facts[ref.name] = ParentFacts(
-                name=ref.name,
-                ready=status.phase == "Ready",
-                failed=None if status.phase == "Ready" else f"{status.phase}: {status.message}",
-                compatibility=parent.spec.compatibility,
-                license=parent.spec.license,
-                artifact_id=artifact.id if artifact else None,
-                signed=signed,
-                intact=intact,
-                restrictions=frozenset(r for d in parent.spec.data for r in d.restrictions),
-                licenses=frozenset({parent.spec.license}),
+
+        def refused(error: ArtifactError) -> None:
+            self.progress(descendant.metadata.name, f"parent refused: {error}")
+
+        return {
+            ref.name: parent_facts(
+                manifests.descendants[ref.name], done[ref.name], verifier.verify, refused
             )
-        return facts
+            for ref in descendant.spec.parents
+        }
 
     def _one(
         self, manifests: Manifests, descendant: Descendant, done: dict[str, DescendantStatus]

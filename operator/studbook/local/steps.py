@@ -17,6 +17,7 @@ import fsspec
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ValidationError
 
+from studbook.api.descendant import Descendant, DescendantStatus
 from studbook.api.policy import EvaluationGates
 from studbook.api.scorecard import Scorecard
 from studbook.api.task import (
@@ -27,8 +28,10 @@ from studbook.api.task import (
     result_uri,
 )
 from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Signer, Store
+from studbook.artifacts.errors import ArtifactError, SignatureError
 from studbook.artifacts.results import read_result, write_result
 from studbook.artifacts.signing import sign_artifact, sign_scorecard
+from studbook.breeding.admission import ParentFacts
 from studbook.breeding.flow import (
     BreedResult,
     EvaluateResult,
@@ -123,4 +126,42 @@ def step_results(
         BreedResult(bred.artifact, bred.lineage, bred.profile) if bred else None,
         evaluation,
         SignResult(signed.signature_uri, signed.signer) if signed else None,
+    )
+
+
+def parent_facts(
+    parent: Descendant,
+    status: DescendantStatus,
+    verify: Callable[[str], object],
+    refused: Callable[[ArtifactError], None],
+) -> ParentFacts:
+    """What admission needs to know of a parent, verifying its artifact if it is Ready.
+
+    A Ready parent is re-hashed and its signature checked by ``verify``; a file that no longer
+    hashes makes it tampered, a missing or untrusted signature unsigned. ``refused`` hears why.
+    """
+    artifact = status.artifact
+    ready = status.phase == "Ready" and artifact is not None and artifact.signer is not None
+    failed = f"{status.phase}: {status.message}" if status.phase in ("Failed", "Rejected") else None
+    signed = intact = False
+    if ready and artifact is not None:
+        try:
+            verify(artifact.id)
+            signed = intact = True
+        except SignatureError as error:
+            intact = True
+            refused(error)
+        except ArtifactError as error:
+            refused(error)
+    return ParentFacts(
+        name=parent.metadata.name,
+        ready=ready,
+        failed=failed,
+        compatibility=parent.spec.compatibility,
+        license=parent.spec.license,
+        artifact_id=artifact.id if artifact else None,
+        signed=signed,
+        intact=intact,
+        restrictions=frozenset(r for d in parent.spec.data for r in d.restrictions),
+        licenses=frozenset({parent.spec.license}),
     )
