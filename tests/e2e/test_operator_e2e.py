@@ -74,25 +74,30 @@ def _signing_key(kube: client.ApiClient, namespace: str, tmp_path: Path) -> str:
     return public
 
 
-def test_founder_manifest_ends_ready_signed_and_evaluated(
-    kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
-) -> None:
+def _governance_and_founder(kube: client.ApiClient, namespace: str, tmp_path: Path) -> Body:
+    """Apply a policy trusting a fresh signing key (its Secret too) and a suite on real data;
+    return the founder's manifest, a MiniLM classifier imported on the local runner."""
     founder_dir = fx.base_classifier(tmp_path / "founder")
     public = _signing_key(kube, namespace, tmp_path)
     (tmp_path / "trusted.pem").write_text(public)
     policy = Body.of("policy").set(
         "spec.trustedSigners", [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}]
     )
-    policy.set("spec.evaluationGates", {})
-    apply(kube, namespace, policy.manifest)
+    apply(kube, namespace, policy.set("spec.evaluationGates", {}).manifest)
     apply(kube, namespace, _suite(tmp_path))
-    founder = (
+    return (
         Body.of("founder-import")
         .set("spec.operator.import.uri", str(founder_dir))
         .set("spec.operator.import.digest", directory_id(founder_dir))
         .set("spec.compatibility.architecture", "BertForSequenceClassification")
         .set("spec.resources", {**LOCAL_NODE, "backoffLimit": 0})
     )
+
+
+def test_founder_manifest_ends_ready_signed_and_evaluated(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    founder = _governance_and_founder(kube, namespace, tmp_path)
     apply(kube, namespace, founder.manifest)
 
     def finished() -> dict[str, Any] | None:
@@ -179,21 +184,7 @@ def _lora(name: str, niche: str, data: dict[str, Any]) -> dict[str, Any]:
 def test_lora_specialists_and_their_ties_merge_end_ready_signed_and_evaluated(
     kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    founder_dir = fx.base_classifier(tmp_path / "founder")
-    public = _signing_key(kube, namespace, tmp_path)
-    (tmp_path / "trusted.pem").write_text(public)
-    policy = Body.of("policy").set(
-        "spec.trustedSigners", [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}]
-    )
-    apply(kube, namespace, policy.set("spec.evaluationGates", {}).manifest)
-    apply(kube, namespace, _suite(tmp_path))
-    founder = (
-        Body.of("founder-import")
-        .set("spec.operator.import.uri", str(founder_dir))
-        .set("spec.operator.import.digest", directory_id(founder_dir))
-        .set("spec.compatibility.architecture", "BertForSequenceClassification")
-        .set("spec.resources", {**LOCAL_NODE, "backoffLimit": 0})
-    )
+    founder = _governance_and_founder(kube, namespace, tmp_path)
     merge = (
         Body.of("ties-merge")
         .set("spec.operator.merge.overrides", [])
