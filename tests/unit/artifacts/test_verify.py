@@ -77,6 +77,11 @@ def files_dir(store: Store, artifact: str) -> Path:
     return Path(store.package_path(artifact)) / "files"
 
 
+def _ca_verifier(store: Store, ca: CA) -> Verifier:
+    """A verifier trusting ``ca`` for signers whose SAN matches the test pattern."""
+    return Verifier(store, TrustPolicy((TrustedCertificateAuthority(ca.pem, SAN_PATTERN),)))
+
+
 def test_a_signed_package_verifies(store: Store, signed: str, policy: TrustPolicy) -> None:
     result = Verifier(store, policy).verify(signed)
     assert result.id == signed
@@ -221,9 +226,7 @@ def test_certificate_chain_and_san(
 ) -> None:
     artifact = store.seal(model_dir(), lineage()).id
     sign_with_cert(store, artifact, ca, ca_files, SAN)
-    result = Verifier(
-        store, TrustPolicy((TrustedCertificateAuthority(ca.pem, SAN_PATTERN),))
-    ).verify(artifact)
+    result = _ca_verifier(store, ca).verify(artifact)
     assert result.signer.kind == "certificate"
     assert result.signer.subject == SAN
 
@@ -239,9 +242,7 @@ def test_wrong_san(
     sign_with_cert(store, artifact, ca, ca_files, "spiffe://studbook.dev/ns/playground/sa/intern")
     untouched()
     with pytest.raises(E.SignerIdentityError, match="playground"):
-        Verifier(store, TrustPolicy((TrustedCertificateAuthority(ca.pem, SAN_PATTERN),))).verify(
-            artifact
-        )
+        _ca_verifier(store, ca).verify(artifact)
 
 
 def test_expired_certificate(
@@ -264,9 +265,7 @@ def test_expired_certificate(
     )
     untouched()
     with pytest.raises(E.CertificateExpiredError, match="expired"):
-        Verifier(store, TrustPolicy((TrustedCertificateAuthority(ca.pem, SAN_PATTERN),))).verify(
-            artifact
-        )
+        _ca_verifier(store, ca).verify(artifact)
 
 
 def test_certificate_from_another_ca(
@@ -285,16 +284,12 @@ def test_certificate_from_another_ca(
     sign_with_cert(store, artifact, rogue, rogue_pem, SAN)
     untouched()
     with pytest.raises(E.UntrustedCertificateError):
-        Verifier(store, TrustPolicy((TrustedCertificateAuthority(ca.pem, SAN_PATTERN),))).verify(
-            artifact
-        )
+        _ca_verifier(store, ca).verify(artifact)
 
 
 def test_a_key_signature_is_not_accepted_by_a_ca_policy(store: Store, signed: str, ca: CA) -> None:
     with pytest.raises(E.WrongKeyError):
-        Verifier(store, TrustPolicy((TrustedCertificateAuthority(ca.pem, SAN_PATTERN),))).verify(
-            signed
-        )
+        _ca_verifier(store, ca).verify(signed)
 
 
 def test_parents_are_verified_recursively_and_cached(
