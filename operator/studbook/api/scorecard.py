@@ -152,6 +152,10 @@ class Scorecard(ApiModel):
     """The suite's own verdict (thresholds); policy and promotion gates read the rest."""
     reasons: Annotated[list[str], Field(max_length=64)] = []
     """Why the verdict is what it is."""
+    probed: Annotated[list[Name], Field(max_length=32)] = []
+    """Models (the subject or comparisons, by name) without a classification head, scored
+    through a linear probe fitted on the suite's ``optimize`` datasets: their scores measure the
+    encoder's features, as MTEB scores encoders."""
 
     rules = (
         Rule(

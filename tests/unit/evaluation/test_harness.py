@@ -170,9 +170,37 @@ def test_a_dataset_whose_digest_differs_is_refused_before_any_model_is_loaded(
         evaluate(spec(data), absent, suite_name="sentiment-topic")
 
 
-def test_a_model_without_a_classification_head_is_refused(data: Data) -> None:
-    with pytest.raises(ModelLoadError, match="lacks weights a classifier needs: classifier"):
+def test_an_encoder_is_refused_when_the_suite_gives_no_probe_data(data: Data) -> None:
+    # The fixture's labels are names: no class indices to fit a probe's head with.
+    with pytest.raises(
+        ModelLoadError, match=r"lacks weights a classifier needs: classifier.*probe"
+    ):
         evaluate(spec(data), ModelRef("minilm", fx.minilm_dir()), suite_name="sentiment-topic")
+
+
+def test_an_encoder_is_scored_through_a_linear_probe_on_the_optimize_data(
+    data: Data, tmp_path: Path
+) -> None:
+    datasets = []
+    for entry in suite_spec(data)["datasets"]:
+        rows = [json.loads(line) for line in data.files[entry["name"]].read_text().splitlines()]
+        indexed = fx.write_jsonl(
+            tmp_path / f"{entry['name']}.jsonl",
+            [r | {"label": fx.LABELS.index(r["label"])} for r in rows],
+        )
+        datasets.append(
+            entry | {"uri": indexed.as_uri(), "digest": bytes_digest(indexed.read_bytes())}
+        )
+    suite = spec(data, datasets=datasets)
+    encoder = ModelRef("minilm", fx.minilm_dir())
+    exact = Options(measure_latency=False)
+    card = evaluate(suite, encoder, suite_name="sentiment-topic", options=exact)
+    assert card.probed == ["minilm"]
+    values = {m.key: m.value for m in card.metrics}
+    # Only sentiment has optimize data: the probe learns that niche and never the topics.
+    assert values["sentiment-gate/accuracy"] > 0.8 and values["topic-gate/accuracy"] < 0.2
+    again = evaluate(suite, encoder, suite_name="sentiment-topic", options=exact)
+    assert canonical_json(again) == canonical_json(card)
 
 
 def limited(data: Data, limit: int, **overrides: object) -> EvaluationSuiteSpec:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from studbook_trainer.evaluation.models import load_classifier
 from studbook_trainer.operators import (
     OPERATORS,
     LocalParent,
@@ -213,6 +214,13 @@ def test_quantize_int8_is_smaller_and_still_classifies(
     rows = read_jsonl(datasets["sentiment-test"])
     acc = evaluate(model, tok, rows, "sequence-classification", "cpu")["accuracy"]
     assert acc == pytest.approx(report["after"]["accuracy"])
+    # The evaluation harness loads it with its int8 layers, and counts their bytes.
+    loaded = load_classifier(out)
+    original = load_classifier(sentiment_specialist)
+    assert loaded.size_bytes < 0.5 * original.size_bytes
+    texts = [r["text"] for r in rows]
+    predicted = loaded.predict_proba(texts).argmax(1)
+    assert (predicted == original.predict_proba(texts).argmax(1)).mean() >= 0.95
 
 
 def test_quantize_causal_lm_loads_and_runs(tmp_path: Path, llama_a: Path) -> None:

@@ -46,6 +46,7 @@ from studbook_trainer.evaluation.models import (
     LanguageModel,
     LanguageModelEnsemble,
     PriorClassifier,
+    Probe,
     load_classifier,
     load_language_model,
 )
@@ -150,12 +151,41 @@ class _Harness:
         self.suite = suite
         self.datasets = datasets
         self.options = options
+        self.probed: list[str] = []
+
+    def probe(self) -> Probe | None:
+        """The suite's ``optimize`` classification examples, to fit an encoder's head on."""
+        listed = [d for d in self.datasets.values() if d.spec.task == "classification"]
+        fit = [r for d in listed if d.spec.role == "optimize" for r in d.records]
+        labels = [r["label"] for d in listed for r in d.records]
+        if not fit or not all(isinstance(label, int) for label in labels):
+            return None
+        return Probe(
+            texts=[r["text"] for r in fit],
+            labels=[r["label"] for r in fit],
+            num_labels=max(labels) + 1,
+        )
 
     def load(self, ref: ModelRef, kind: str) -> Classifier | LanguageModel:
         if kind == "classification":
-            return load_classifier(
-                ref.path, device=self.options.device, batch_size=self.options.batch_size
-            )
+            probe = self.probe()
+            try:
+                model = load_classifier(
+                    ref.path,
+                    device=self.options.device,
+                    batch_size=self.options.batch_size,
+                    probe=probe,
+                )
+            except ModelLoadError as exc:
+                if probe is not None or "lacks weights" not in str(exc):
+                    raise
+                raise ModelLoadError(
+                    f"{exc}; an encoder is scored through a linear probe only when the suite has "
+                    "optimize classification datasets with integer labels"
+                ) from exc
+            if model.probed:
+                self.probed.append(ref.name)
+            return model
         return load_language_model(ref.path, device=self.options.device)
 
     def run(self, name: str, model: Classifier | LanguageModel) -> _Evaluated:
@@ -369,6 +399,7 @@ def evaluate(
         objective=objective,
         verdict=verdict,
         reasons=reasons,
+        probed=harness.probed,
     )
 
 

@@ -8,10 +8,11 @@ Two kinds, each a small interface the tasks use (and user-defined tasks may use 
 
 Loaded models (:func:`load_classifier`, :func:`load_language_model`) read a Hugging Face
 directory (safetensors, config, tokenizer) and refuse one whose checkpoint lacks weights the task
-needs (for example a classification head). :class:`ClassifierEnsemble` and
-:class:`LanguageModelEnsemble` average their members' probabilities; :class:`PriorClassifier`
-predicts a fixed class distribution (the majority-class baseline). Every forward pass runs batched
-under :func:`torch.inference_mode`.
+needs, with one exception: an encoder without a classification head can be scored through a
+linear probe fitted on labelled examples (:class:`Probe`), the protocol MTEB uses for encoders.
+:class:`ClassifierEnsemble` and :class:`LanguageModelEnsemble` average their members'
+probabilities; :class:`PriorClassifier` predicts a fixed class distribution (the majority-class
+baseline). Every forward pass runs batched under :func:`torch.inference_mode`.
 """
 
 from __future__ import annotations
@@ -96,9 +97,13 @@ def _quiet_transformers() -> None:
 
 
 def _size(model: torch.nn.Module) -> tuple[int, int]:
+    """Parameter count and weight bytes; int8 weights (``quantize``) are buffers and count too."""
+    stored = [p for p in model.parameters()] + [
+        b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in ("weight", "weight_scale")
+    ]
     seen: set[int] = set()
     count = size = 0
-    for p in model.parameters():
+    for p in stored:
         if p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
@@ -107,8 +112,13 @@ def _size(model: torch.nn.Module) -> tuple[int, int]:
     return count, size
 
 
-def _load(path: Path, auto: Any, device: str, what: str) -> tuple[Any, Any]:
-    """Load model and tokenizer; refuse a checkpoint that lacks weights the model needs."""
+def _load(
+    path: Path, auto: Any, device: str, what: str, head: set[str] | None = None, **config: Any
+) -> tuple[Any, Any]:
+    """Load model and tokenizer; refuse a checkpoint that lacks weights the model needs.
+
+    Missing weights named in ``head`` are allowed: the caller fits them.
+    """
     from transformers import AutoTokenizer
 
     _quiet_transformers()
@@ -116,11 +126,13 @@ def _load(path: Path, auto: Any, device: str, what: str) -> tuple[Any, Any]:
         raise ModelLoadError(f"{path}: not a model directory (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model, info = auto.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        model, info = auto.from_pretrained(
+            path, local_files_only=True, output_loading_info=True, **config
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{path}: cannot load a {what}: {exc}") from exc
     missing = sorted(info.get("missing_keys") or ())
-    if missing:
+    if missing and not (head is not None and set(missing) <= head):
         raise ModelLoadError(
             f"{path}: the checkpoint lacks weights a {what} needs: {', '.join(missing[:8])}"
         )
@@ -167,6 +179,8 @@ class HFClassifier:
     """Where it runs."""
     batch_size: int = 64
     """Examples per forward pass."""
+    probed: bool = False
+    """Whether its head was fitted by a linear probe rather than loaded."""
 
     @property
     def num_labels(self) -> int:
@@ -354,19 +368,119 @@ class LanguageModelEnsemble:
         return self._mean([m.next_logprobs(ids) for m in self.members])
 
 
-def load_classifier(path: Path, *, device: str = "cpu", batch_size: int = 64) -> HFClassifier:
-    """Load a sequence classifier (model with its head, and tokenizer) from a directory."""
+@dataclass(frozen=True)
+class Probe:
+    """Labelled examples to fit a linear head on, for an encoder that has none."""
+
+    texts: Sequence[str]
+    """Example inputs."""
+    labels: Sequence[int]
+    """Their class indices."""
+    num_labels: int
+    """Classes of the fitted head."""
+
+
+def _head_module(model: Any) -> tuple[str, torch.nn.Linear] | None:
+    """The classification head when it is a single linear layer (BERT-style), by name."""
+    for name in ("classifier", "score"):
+        module = getattr(model, name, None)
+        if isinstance(module, torch.nn.Linear):
+            return name, module
+    return None
+
+
+def _fit_probe(model: Any, tokenizer: Any, probe: Probe, device: str, seed: int) -> None:
+    """Fit the linear head on the frozen encoder's features.
+
+    L2-regularised logistic regression, full-batch L-BFGS from zeros: the fit is deterministic.
+    """
+    found = _head_module(model)
+    assert found is not None
+    head = found[1]
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
+    try:
+        with torch.inference_mode():
+            limit = _max_length(tokenizer, model.config)
+            for start in range(0, len(probe.texts), 64):
+                batch = tokenizer(
+                    list(probe.texts[start : start + 64]),
+                    truncation=True,
+                    max_length=limit,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(device)
+                model(**batch)
+    finally:
+        hook.remove()
+    features = torch.cat(captured).float().clone()
+    target = torch.tensor(list(probe.labels), device=features.device)
+    torch.manual_seed(seed)
+    weight = torch.zeros(probe.num_labels, features.shape[1], requires_grad=True)
+    bias = torch.zeros(probe.num_labels, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = functional.cross_entropy(features @ weight.T + bias, target)
+        loss = loss + 1e-3 * weight.pow(2).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        head.bias.copy_(bias.to(head.bias.dtype))
+
+
+def load_classifier(
+    path: Path, *, device: str = "cpu", batch_size: int = 64, probe: Probe | None = None
+) -> HFClassifier:
+    """Load a sequence classifier (model with its head, and tokenizer) from a directory.
+
+    A ``quantize`` output keeps its int8 layers.
+
+    A checkpoint without a classification head (an encoder such as a sentence-transformers
+    model) is refused, unless ``probe`` is given: then a linear head is fitted on the frozen
+    encoder's features and :attr:`HFClassifier.probed` is set.
+    """
     from transformers import AutoModelForSequenceClassification
 
-    model, tokenizer = _load(path, AutoModelForSequenceClassification, device, "classifier")
-    return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
+    from studbook_trainer.operators.compress import QUANT_CONFIG, load_quantized
+
+    if (path / QUANT_CONFIG).is_file():
+        model, tokenizer = load_quantized(path, device)
+        return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
+    try:
+        model, tokenizer = _load(path, AutoModelForSequenceClassification, device, "classifier")
+        return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
+    except ModelLoadError:
+        if probe is None:
+            raise
+    model, tokenizer = _load(
+        path,
+        AutoModelForSequenceClassification,
+        device,
+        "classifier",
+        head={f"{n}.{w}" for n in ("classifier", "score") for w in ("weight", "bias")},
+        num_labels=probe.num_labels,
+    )
+    if _head_module(model) is None:
+        raise ModelLoadError(f"{path}: a linear probe needs a single linear classification head")
+    _fit_probe(model, tokenizer, probe, device, seed=0)
+    return HFClassifier(model, tokenizer, device=device, batch_size=batch_size, probed=True)
 
 
 def load_language_model(path: Path, *, device: str = "cpu") -> HFLanguageModel:
-    """Load a causal language model and its tokenizer from a directory."""
+    """Load a causal language model (or a ``quantize`` output) and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = _load(path, AutoModelForCausalLM, device, "causal language model")
+    from studbook_trainer.operators.compress import QUANT_CONFIG, load_quantized
+
+    if (path / QUANT_CONFIG).is_file():
+        model, tokenizer = load_quantized(path, device)
+    else:
+        model, tokenizer = _load(path, AutoModelForCausalLM, device, "causal language model")
     return HFLanguageModel(model, tokenizer, device=device)
 
 
