@@ -84,8 +84,17 @@ def breed(
 ) -> None:
     """Breed a directory of manifests on this machine, as the operator would on a cluster."""
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
     from rich.table import Table
 
+    from studbook.api.descendant import DescendantStatus
     from studbook.local.manifests import ManifestsError, load, manifest_files
     from studbook.local.pipeline import LocalBreeder, Workspace
 
@@ -99,9 +108,31 @@ def breed(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     space = Workspace(workspace)
-    breeder = LocalBreeder(space, lambda name, what: console.print(f"[bold]{name}[/bold] {what}"))
-    console.print(f"signing key: {space.key_dir / 'key.pem'}")
-    statuses = breeder.breed(manifests)
+    statuses: dict[str, DescendantStatus] = {}
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[step]}", style="dim"),
+        console=console,
+        transient=True,
+    ) as bar:
+        overall = bar.add_task("breeding", total=len(manifests.descendants), step="")
+
+        def event(name: str, what: str) -> None:
+            console.print(f"[bold]{name}[/bold] {what}")
+            bar.update(overall, description=name)
+
+        def activity(line: str) -> None:
+            bar.update(overall, step=line[-70:])
+
+        breeder = LocalBreeder(space, event, activity)
+        console.print(f"signing key: {space.key_dir / 'key.pem'}")
+        for name, status in breeder.breed(manifests):
+            statuses[name] = status
+            bar.update(overall, advance=1, step="")
     table = Table("descendant", "phase", "stage", "artifact", "verdict", "net gain")
     for name, status in statuses.items():
         card = status.scorecard
@@ -114,8 +145,30 @@ def breed(
             f"{card.net_gain:+.3f}" if card and card.net_gain is not None else "",
         )
     console.print(table)
+    console.print(f"workspace: {space.root}  (studbook report --workspace {space.root})")
     if any(s.phase != "Ready" for s in statuses.values()):
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    workspace: Annotated[
+        Path, typer.Option(help="The workspace `studbook breed` wrote its registry and store to.")
+    ] = Path(".studbook"),
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the report; default: WORKSPACE/report.")
+    ] = None,
+) -> None:
+    """Write a workspace's lineage, scorecards, comparisons and verdicts as HTML and Markdown."""
+    from studbook.artifacts import ArtifactError
+    from studbook.local.report import ReportError, load, write
+
+    try:
+        paths = write(load(workspace), out or workspace / "report")
+    except (ReportError, ArtifactError) as exc:
+        raise _refuse(exc) from exc
+    for path in paths:
+        typer.echo(str(path))
 
 
 @app.command("sign-task")

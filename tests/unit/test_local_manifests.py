@@ -91,3 +91,22 @@ def test_duplicate_names_and_bad_yaml_are_refused(tmp_path: Path) -> None:
     (tmp_path / "again.yaml").write_text("kind: [unclosed")
     with pytest.raises(ManifestsError, match="not valid YAML"):
         load(manifest_files(tmp_path))
+
+
+def test_relative_paths_count_from_the_manifest_directory(tmp_path: Path) -> None:
+    nested = tmp_path / "team" / "models"
+    nested.mkdir(parents=True)
+    _family(tmp_path)
+    founder = Body.of("founder-import").set("spec.operator.import.uri", "founder/minilm").manifest
+    lora = Body.of("lora-specialist").set("spec.data.0.uri", "../data/reviews.jsonl").manifest
+    _write(tmp_path, "founder.yaml", founder)
+    (tmp_path / "lora.yaml").unlink()
+    _write(nested, "lora.yaml", lora)
+    manifests = load(manifest_files(tmp_path))
+    imported = manifests.descendants["minilm-base"].spec.operator.import_
+    assert imported is not None and imported.uri == str(tmp_path / "founder" / "minilm")
+    reviews = manifests.descendants["minilm-sentiment"].spec.data[0]
+    assert reviews.uri == str(tmp_path / "team" / "data" / "reviews.jsonl")
+    # URIs with a scheme and absolute paths are left as written.
+    suite = manifests.suites["sentiment-topic"].spec
+    assert all(d.uri.startswith("s3://") for d in suite.datasets)

@@ -47,6 +47,32 @@ class ManifestsError(ValueError):
         super().__init__(f"{len(problems)} problem(s) in the manifests:\n{lines}")
 
 
+def _local(uri: object, base: Path) -> object:
+    """A scheme-less relative path, made absolute against the manifest's directory."""
+    if isinstance(uri, str) and uri and "://" not in uri and not Path(uri).is_absolute():
+        return str((base / uri).resolve())
+    return uri
+
+
+def _resolve_paths(document: object, base: Path) -> None:
+    """Make relative data and import paths count from the manifest's own directory.
+
+    As in kustomize: a breeding directory then runs from anywhere.
+    """
+    spec = document.get("spec") if isinstance(document, dict) else None
+    if not isinstance(spec, dict):
+        return
+    refs = [spec.get("datasets"), spec.get("data")]
+    for listed in refs:
+        for ref in listed if isinstance(listed, list) else []:
+            if isinstance(ref, dict) and "uri" in ref:
+                ref["uri"] = _local(ref["uri"], base)
+    operator = spec.get("operator")
+    source = operator.get("import") if isinstance(operator, dict) else None
+    if isinstance(source, dict) and "uri" in source:
+        source["uri"] = _local(source["uri"], base)
+
+
 def _documents(paths: Iterable[Path]) -> Iterable[tuple[str, object]]:
     for path in paths:
         try:
@@ -54,6 +80,7 @@ def _documents(paths: Iterable[Path]) -> Iterable[tuple[str, object]]:
         except yaml.YAMLError as error:
             raise ManifestsError([(str(path), Problem("", f"not valid YAML: {error}"))]) from None
         for index, document in enumerate(d for d in documents if d is not None):
+            _resolve_paths(document, path.parent)
             yield (str(path) if len(documents) == 1 else f"{path}#{index}"), document
 
 

@@ -8,11 +8,13 @@ where state lives (a workspace directory instead of resource status).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import subprocess
+import runpy
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import Descendant, DescendantStatus
+from studbook.api.policy import BreedingPolicy
+from studbook.api.suite import EvaluationSuite
 from studbook.api.task import ParentArtifact
 from studbook.artifacts import Store, TrustedKey, Verifier
 from studbook.artifacts.errors import ArtifactError
@@ -35,6 +39,9 @@ NAMESPACE = "local"
 """The namespace of every run in a workspace: results live under ``runs/local/<name>``."""
 
 Progress = Callable[[str, str], None]
+"""Told each event of a descendant: its name and what happened."""
+Activity = Callable[[str], None]
+"""Told the latest output line of the step that is running, about twice a second."""
 
 
 @dataclass
@@ -96,8 +103,16 @@ class Workspace:
         )
 
 
-def _inputs(descendant: Descendant, parents: list[ParentArtifact]) -> str:
-    """What a descendant is bred from: unchanged inputs are not bred again."""
+def _inputs(
+    descendant: Descendant,
+    parents: list[ParentArtifact],
+    policy: BreedingPolicy,
+    suite: EvaluationSuite,
+) -> str:
+    """What a descendant is bred, judged and evaluated from: unchanged inputs are not run again.
+
+    The policy and suite count whole: a new gate or dataset re-evaluates, never a stale verdict.
+    """
     spec = descendant.spec
     return digest_of(
         {
@@ -105,35 +120,84 @@ def _inputs(descendant: Descendant, parents: list[ParentArtifact]) -> str:
             "parents": [p.artifact_id for p in parents],
             "data": [d.to_wire() for d in spec.data],
             "compatibility": spec.compatibility.to_wire(),
-            "suite": spec.evaluation_suite_ref.name,
+            "policy": policy.spec.to_wire(),
+            "suite": suite.spec.to_wire(),
         }
     )
 
 
-def _run_step(command: list[str], log: Path) -> tuple[bool, str]:
-    """Run one step as a process; whether it succeeded, and the tail of its output."""
-    with log.open("wb") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
-    tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-    return done.returncode == 0, f"exit code {done.returncode}: {tail}"
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a step's log; progress bars rewrite theirs with CR."""
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 2048))
+        tail = handle.read().decode(errors="replace")
+    lines = [part.strip() for part in tail.replace("\r", "\n").splitlines() if part.strip()]
+    return lines[-1] if lines else ""
+
+
+TRAINER = "studbook_trainer"
+"""The trainer's entry point, what a breeding Job runs: ``python -m studbook_trainer``."""
+
+
+def _trainer_main(argv: list[str], log: str) -> None:
+    """A step's process: ``python -m studbook_trainer ARGV``, its output going to ``log``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.argv = [TRAINER, *argv]
+    runpy.run_module(TRAINER, run_name="__main__", alter_sys=True)
+
+
+class StepProcesses:
+    """Starts trainer steps as processes forked from a server that imported the ML stack once.
+
+    Each step still gets a fresh process of its own (a crash stays in it, its memory goes back),
+    but not a fresh interpreter: importing torch and transformers takes longer than most steps
+    of a small model.
+    """
+
+    def __init__(self) -> None:
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(
+            ["torch", "transformers", "peft", f"{TRAINER}.steps", f"{TRAINER}.evaluation"]
+        )
+
+    def run(self, argv: list[str], log: Path, activity: Activity) -> tuple[bool, str]:
+        """Run one step, reporting its latest log line; whether it succeeded, and its tail."""
+        log.touch()
+        process = self.context.Process(target=_trainer_main, args=(argv, str(log)))
+        process.start()
+        while process.exitcode is None:
+            activity(_last_line(log))
+            process.join(0.5)
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+        return process.exitcode == 0, f"exit code {process.exitcode}: {tail}"
 
 
 class LocalBreeder:
     """Breeds the descendants of a directory of manifests into a workspace, parents first."""
 
-    def __init__(self, workspace: Workspace, progress: Progress) -> None:
+    def __init__(
+        self, workspace: Workspace, progress: Progress, activity: Activity = lambda _: None
+    ) -> None:
         self.workspace = workspace
         self.progress = progress
+        self.activity = activity
+        self.steps = StepProcesses()
         workspace.store.mkdir(parents=True, exist_ok=True)
         self.public_key = workspace.public_key()
         self.store = Store.open(workspace.store)
 
-    def breed(self, manifests: Manifests) -> dict[str, DescendantStatus]:
-        """Run every descendant to a terminal phase; their statuses by name."""
+    def breed(self, manifests: Manifests) -> Iterator[tuple[str, DescendantStatus]]:
+        """Run every descendant to a terminal phase, parents first.
+
+        Yields each name and status as it finishes.
+        """
         results: dict[str, DescendantStatus] = {}
         for descendant in order(manifests):
-            results[descendant.metadata.name] = self._one(manifests, descendant, results)
-        return results
+            name = descendant.metadata.name
+            results[name] = self._one(manifests, descendant, results)
+            yield name, results[name]
 
     def _facts(
         self, manifests: Manifests, descendant: Descendant, done: dict[str, DescendantStatus]
@@ -172,7 +236,7 @@ class LocalBreeder:
             for ref in descendant.spec.parents
             if done[ref.name].artifact is not None
         ]
-        inputs = _inputs(descendant, parents)
+        inputs = _inputs(descendant, parents, policy, suite)
         previous = self.workspace.registry().get(name)
         if previous and previous["inputs"] == inputs and previous["status"]["phase"] == "Ready":
             status = DescendantStatus.model_validate_json(json.dumps(previous["status"]))
@@ -206,8 +270,15 @@ class LocalBreeder:
                 )
             )
             status = plan.status
-            if status.phase in TERMINAL or not plan.create:
+            if status.phase in TERMINAL:
                 break
+            if not plan.create:
+                # Parents are bred first, so only a step's backoff before its retry waits here.
+                if plan.requeue_after is None or status.phase == "Pending":
+                    break
+                self.progress(name, f"{status.message}; retrying in {plan.requeue_after:.0f} s")
+                time.sleep(plan.requeue_after)
+                continue
             for step, attempt in plan.create:
                 self.progress(name, f"{step} (attempt {attempt})")
                 task_path = runs / f"{step}-{attempt}.task.json"
@@ -249,9 +320,8 @@ class LocalBreeder:
                 ok, reason = False, str(error)
         else:
             command = "run" if step == "breed" else "evaluate"
-            ok, reason = _run_step(
-                [sys.executable, "-m", "studbook_trainer", command, "--task", str(task_path)],
-                runs / f"{step}-{attempt}.log",
+            ok, reason = self.steps.run(
+                [command, "--task", str(task_path)], runs / f"{step}-{attempt}.log", self.activity
             )
         return JobObservation(
             step=step,
