@@ -137,6 +137,7 @@ def test_the_best_merge_beats_each_specialist_on_the_combined_suite(
     # In the same run, the merge was compared with its parents and their output ensemble.
     roles = {(c.role, c.name) for c in card.comparisons}
     assert {("parent", s) for s in SPECIALISTS} <= roles and ("ensemble", "ensemble") in roles
+    assert ("baseline", "uniform-merge") in roles
     assert quickstart.status(best)["stage"] == "candidate"
 
     out = quickstart.workspace / "report"

@@ -28,6 +28,7 @@ from studbook.artifacts import Lineage, Store
 from studbook.artifacts.results import write_result
 from studbook_trainer import __version__
 from studbook_trainer.evaluation.harness import ModelRef, Options, canonical_json, evaluate
+from studbook_trainer.merge import MergeParent, MergePlan, merge
 from studbook_trainer.runner import run_task
 from studbook_trainer.task import parse_task
 
@@ -89,6 +90,20 @@ def breed(task: BreedTask) -> BreedResultFile:
     return result
 
 
+def _uniform_merge(parents: list[ModelRef], names: list[str], scratch: Path) -> ModelRef | None:
+    """The uniform linear merge of the named parents: a merge's simple baseline."""
+    if not names:
+        return None
+    by_name = {p.name: p for p in parents}
+    missing = sorted(set(names) - set(by_name))
+    if missing:
+        raise ValueError(f"uniformMergeOf names parents the task does not list: {missing}")
+    out = scratch / "uniform-merge"
+    plan = MergePlan(method="linear", parents=tuple(MergeParent(n, by_name[n].path) for n in names))
+    merge(plan, out)
+    return ModelRef("uniform-merge", out)
+
+
 def evaluate_step(task: EvaluateTask, options: Options | None = None) -> EvaluateResultFile:
     """Evaluate the sealed subject against its parents, store the scorecard, write the result."""
     store = Store.open(task.store)
@@ -99,12 +114,14 @@ def evaluate_step(task: EvaluateTask, options: Options | None = None) -> Evaluat
             path = _fetch(store, model, scratch)
             return ModelRef(model.name, path, model.artifact_id, tuple(model.niche.taxonomy))
 
+        parents = [ref(p) for p in task.parents]
         card = evaluate(
             task.suite,
             ref(task.subject),
             suite_name=task.suite_name,
             suite_digest_value=task.suite_digest,
-            parents=[ref(p) for p in task.parents],
+            parents=parents,
+            baseline=_uniform_merge(parents, task.uniform_merge_of, scratch),
             champion=ref(task.champion) if task.champion else None,
             options=options or Options(device="cuda" if torch.cuda.is_available() else "cpu"),
         )

@@ -73,6 +73,9 @@ class EvaluateTask(ApiModel):
     """Its parents, compared in the same run."""
     champion: ParentArtifact | None = None
     """The current champion, compared in the same run."""
+    uniform_merge_of: Annotated[list[Name], Field(max_length=32)] = []
+    """For a merge, the merged parents (the base left out): their uniform linear merge is built
+    in the same run as the simple baseline a merge recipe must beat."""
     suite_name: Name
     """The EvaluationSuite's name."""
     suite_digest: Digest

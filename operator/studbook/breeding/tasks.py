@@ -52,12 +52,18 @@ def evaluate_task(
     attempt: int,
     champion: ParentArtifact | None = None,
 ) -> EvaluateTask:
-    """The evaluate step: score the sealed artifact against its parents on the suite."""
+    """The evaluate step: score the sealed artifact against its parents on the suite.
+
+    A merge is also scored against the uniform linear merge of the parents it merged.
+    """
+    merge = descendant.spec.operator.merge
+    merged = [p.name for p in parents if merge is not None and p.name != merge.base]
     return EvaluateTask(
         descendant=_key(descendant),
         subject=subject,
         parents=parents,
         champion=champion,
+        uniform_merge_of=merged if len(merged) >= 2 else [],
         suite_name=suite.metadata.name,
         suite_digest=digest_of(suite.spec),
         suite=suite.spec,
