@@ -144,6 +144,7 @@ def test_the_best_merge_beats_each_specialist_on_the_combined_suite(
     _studbook("report", "--workspace", str(quickstart.workspace), "--out", str(out))
     page = (out / "report.md").read_text()
     assert f"{best} beats" in page, page[:2000]
+    assert "| minilm-base † |" in page and "scored through a linear probe" in page
 
 
 def test_compressed_descendants_are_smaller(quickstart: Quickstart) -> None:

@@ -582,6 +582,20 @@ def _plain(*cells: str) -> list[_Cell]:
     return [_Cell(c) for c in cells]
 
 
+PROBED_NOTE = (
+    "† no classification head: scored through a linear probe fitted on the suite's optimize"
+    " data, so the scores measure its features."
+)
+
+
+def _probed(entry: Entry) -> bool:
+    return entry.scorecard is not None and entry.name in entry.scorecard.probed
+
+
+def _column(entry: Entry) -> str:
+    return entry.name + (" †" if _probed(entry) else "")
+
+
 def _scorecard_table(report: Report) -> _Table:
     """One column per evaluated descendant, one row per ``(metric, dataset)``.
 
@@ -590,7 +604,7 @@ def _scorecard_table(report: Report) -> _Table:
     """
     scored = [e.scorecard for e in report.scored if e.scorecard is not None]
     table = _Table(
-        ["metric", "dataset", *(e.name for e in report.scored)],
+        ["metric", "dataset", *(_column(e) for e in report.scored)],
         [_plain("suite", "", *(f"{c.suite.name} {c.suite.version}" for c in scored))],
     )
     keys: dict[tuple[str, str], str] = {}
@@ -761,6 +775,7 @@ def to_html(report: Report) -> str:
         '<section id="scorecards"><h2>Scorecards</h2>',
         "<p>Value [confidence interval]; the best value of each row is highlighted.</p>",
         _html_table(_scorecard_table(report)),
+        f"<p>{_esc(PROBED_NOTE)}</p>" if any(_probed(e) for e in report.scored) else "",
         "</section>\n",
         '<section id="comparisons"><h2>Against parents, baseline and ensemble</h2>',
     ]
@@ -835,6 +850,7 @@ def to_markdown(report: Report, lineage_image: str = LINEAGE_FILE) -> str:
         "## Scorecards\n",
         "Value [confidence interval]; the best value of each row in bold.\n",
         _md_table(_scorecard_table(report)),
+        PROBED_NOTE + "\n" if any(_probed(e) for e in report.scored) else "",
         "## Against parents, baseline and ensemble\n",
     ]
     compared = _compared(report)
