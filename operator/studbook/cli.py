@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -49,14 +51,28 @@ def operator(
     peering: Annotated[
         str | None, typer.Option(help="Peering name: replicas sharing it elect one to act.")
     ] = None,
-    priority: Annotated[int, typer.Option(help="Peering priority; the highest acts.")] = 0,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            help="Peering priority; the highest acts. Default: derived from POD_NAME "
+            "(else host and pid), distinct per replica."
+        ),
+    ] = None,
 ) -> None:
     """Run the operator (the STUDBOOK_* environment configures it; see docs/operator.md)."""
     import kopf
 
     import studbook.controllers.handlers  # noqa: F401  (registers the handlers)
     from studbook import metrics
+    from studbook.controllers import peering as peers
 
+    if peering is not None:
+        source = "--priority"
+        if priority is None:
+            source = peers.replica_identity(os.environ, socket.gethostname(), os.getpid())
+            priority = peers.derived_priority(source)
+        typer.echo(f"peering {peering!r} with priority {priority} (from {source})", err=True)
+        peers.log_peering_decisions()
     _limit_malloc_arenas()
     if metrics_port:
         metrics.serve(metrics_port)
@@ -130,9 +146,16 @@ def breed(
 
         breeder = LocalBreeder(space, event, activity)
         console.print(f"signing key: {space.key_dir / 'key.pem'}")
-        for name, status in breeder.breed(manifests):
-            statuses[name] = status
-            bar.update(overall, advance=1, step="")
+        try:
+            for name, status in breeder.breed(manifests):
+                statuses[name] = status
+                bar.update(overall, advance=1, step="")
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted: {len(statuses)} of {len(manifests.descendants)} done and"
+                " recorded; run the same command again to carry on[/yellow]"
+            )
+            raise typer.Exit(130) from None
     table = Table("descendant", "phase", "stage", "artifact", "verdict", "net gain")
     for name, status in statuses.items():
         card = status.scorecard

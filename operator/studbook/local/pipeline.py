@@ -167,9 +167,15 @@ class StepProcesses:
         log.touch()
         process = self.context.Process(target=_trainer_main, args=(argv, str(log)))
         process.start()
-        while process.exitcode is None:
-            activity(_last_line(log))
-            process.join(0.5)
+        try:
+            while process.exitcode is None:
+                activity(_last_line(log))
+                process.join(0.5)
+        finally:
+            # Interrupted (Ctrl-C): the step goes too; its results were never recorded.
+            if process.exitcode is None:
+                process.terminate()
+                process.join()
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
         return process.exitcode == 0, f"exit code {process.exitcode}: {tail}"
 

@@ -3,8 +3,12 @@ second run reuses both."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,8 @@ def _write(path: Path, *documents: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump_all(documents))
 
 
-def test_breed_a_directory_then_reuse_it(tmp_path: Path, models: Models, data: Data) -> None:
-    manifests = tmp_path / "manifests"
+def _family(manifests: Path, models: Models, data: Data) -> None:
+    """A founder and a pruned child, with their policy and suite, written to ``manifests``."""
     manifests.mkdir()
     suite = Body.of("suite").set("spec", suite_spec(data)).manifest
     policy = Body.of("policy").set("spec.evaluationGates", {}).manifest
@@ -46,6 +50,11 @@ def test_breed_a_directory_then_reuse_it(tmp_path: Path, models: Models, data: D
     )
     _write(manifests / "governance.yaml", policy, suite)
     _write(manifests / "models.yaml", pruned, founder)
+
+
+def test_breed_a_directory_then_reuse_it(tmp_path: Path, models: Models, data: Data) -> None:
+    manifests = tmp_path / "manifests"
+    _family(manifests, models, data)
     workspace = tmp_path / "workspace"
     command = [
         sys.executable,
@@ -66,3 +75,34 @@ def test_breed_a_directory_then_reuse_it(tmp_path: Path, models: Models, data: D
     second = subprocess.run(command, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.count("reused") == 2, second.stdout
+
+
+def test_ctrl_c_mid_step_then_a_rerun_carries_on(
+    tmp_path: Path, models: Models, data: Data
+) -> None:
+    manifests = tmp_path / "manifests"
+    _family(manifests, models, data)
+    workspace = tmp_path / "workspace"
+    command = [sys.executable, "-m", "studbook", "breed", str(manifests)]
+    command += ["--workspace", str(workspace)]
+    # Its own session, so the interrupt reaches every process of the run, as a terminal's does.
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert run.stdout is not None
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if line.startswith("minilm-pruned breed"):
+            time.sleep(2)  # inside the step
+            os.killpg(run.pid, signal.SIGINT)
+            break
+    rest = run.stdout.read()
+    assert run.wait(60) == 130, "".join(seen) + rest
+    assert "interrupted: 1 of 2 done and recorded" in rest, rest
+    registry = json.loads((workspace / "registry.json").read_text())
+    assert set(registry) == {"minilm-base"}, "nothing half-done is recorded"
+
+    second = subprocess.run(command, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "minilm-base reused" in second.stdout
+    registry = json.loads((workspace / "registry.json").read_text())
+    assert registry["minilm-pruned"]["status"]["phase"] == "Ready"
