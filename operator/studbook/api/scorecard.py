@@ -112,6 +112,10 @@ class Calibration(ApiModel):
     """Expected calibration error."""
     abstention_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     """Share of examples under the suite's abstention confidence."""
+    outside_niche: bool | None = None
+    """Whether the dataset probes a niche the subject does not declare (from the suite's niche
+    probes): there abstaining is right and a confident answer is a guess. Unset when no probe
+    uses the dataset."""
 
 
 class Profile(ApiModel):

@@ -45,11 +45,15 @@ def test_specialist_gains_on_its_task_and_forgets_its_parents_niche(
     suite = spec(data, objective=["sentiment-gate"])
     card = evaluate(
         suite,
-        ModelRef("sentiment-from-topic", models.sentiment_from_topic),
+        ModelRef("sentiment-from-topic", models.sentiment_from_topic, niche=SENTIMENT),
         suite_name="sentiment-topic",
         parents=[ModelRef("topic", models.topic, niche=TOPIC)],
     )
     Scorecard.model_validate(card.to_wire())  # valid on the wire
+    # Calibration says which datasets lie outside the niche it declares: there it should abstain.
+    outside = {c.dataset: c.outside_niche for c in card.calibration}
+    assert outside["topic-gate"] is True and outside["sentiment-gate"] is False
+    assert outside["mixed-holdout"] is None
     accuracy = card.metric("sentiment-gate/accuracy")
     assert accuracy is not None and accuracy.value >= 0.9
     assert accuracy.ci_low is not None and accuracy.ci_high is not None

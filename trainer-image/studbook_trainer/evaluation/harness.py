@@ -394,7 +394,7 @@ def evaluate(
         metrics=metrics,
         niches=niches,
         comparisons=comparisons,
-        calibration=_calibration(suite, child),
+        calibration=_calibration(suite, child, subject.niche),
         profile=profile,
         objective=objective,
         verdict=verdict,
@@ -535,7 +535,13 @@ def _verdict(suite: EvaluationSuiteSpec, values: Mapping[str, float]) -> tuple[A
     return "pass", []
 
 
-def _calibration(suite: EvaluationSuiteSpec, child: _Evaluated) -> list[Calibration]:
+def _calibration(
+    suite: EvaluationSuiteSpec, child: _Evaluated, niche: Sequence[str]
+) -> list[Calibration]:
+    probed: dict[str, bool] = {}
+    for probe in suite.niche_probes:
+        outside = not _matches(probe.taxonomy, niche)
+        probed[probe.dataset] = probed.get(probe.dataset, True) and outside
     results = []
     for name, run in child.runs.items():
         outputs = run.outputs
@@ -548,5 +554,12 @@ def _calibration(suite: EvaluationSuiteSpec, child: _Evaluated) -> list[Calibrat
         abstention = None
         if suite.abstain_below is not None:
             abstention = tidy(float((outputs.confidence < suite.abstain_below).mean()))
-        results.append(Calibration(dataset=name, ece=ece, abstention_rate=abstention))
+        results.append(
+            Calibration(
+                dataset=name,
+                ece=ece,
+                abstention_rate=abstention,
+                outside_niche=probed.get(name),
+            )
+        )
     return results
