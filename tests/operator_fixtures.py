@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,26 @@ from kubernetes import client
 from studbook import GROUP, VERSION
 from tests.cluster.controlplane import ControlPlane, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class OperatorProcess:
     """``studbook operator`` watching one namespace; restartable, its log kept for failures."""
 
-    def __init__(self, cluster: ControlPlane, namespace: str, store: Path, log: Path) -> None:
+    def __init__(
+        self,
+        cluster: ControlPlane,
+        namespace: str,
+        store: Path,
+        log: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.store = store
         self.log = log
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
         self.env = {
@@ -40,6 +49,7 @@ class OperatorProcess:
             "STUDBOOK_STORE_VOLUME": json.dumps({"hostPath": {"path": str(store)}}),
             "STUDBOOK_TRAINER_IMAGE": "studbook-trainer:test",
             "STUDBOOK_OPERATOR_IMAGE": "studbook:test",
+            **(env or {}),
         }
 
     def start(self) -> None:
@@ -54,6 +64,7 @@ class OperatorProcess:
                 self.namespace,
                 "--metrics-port",
                 str(self.metrics_port),
+                *self.extra_args,
             ],
             env=self.env,
             stdout=handle,

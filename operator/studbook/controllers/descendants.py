@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -419,9 +419,15 @@ class EventPoster:
 class Sweeper:
     """Looks at every unfinished Descendant periodically, so backoff expiries need no event."""
 
-    def __init__(self, controller: Controller, interval: float) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        interval: float,
+        acting: Callable[[Collection[str]], Collection[str]] | None = None,
+    ) -> None:
         self.controller = controller
         self.interval = interval
+        self.acting = acting
         self.view: View | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="studbook-sweeper", daemon=True)
@@ -437,13 +443,29 @@ class Sweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             view = self.view
-            if view is None:
+            if view is not None:
+                self.sweep(view)
+
+    def sweep(self, view: View) -> None:
+        """Reconcile every unfinished Descendant of the view where this replica may act.
+
+        ``acting`` picks those namespaces when replicas peer; by default, all of them.
+        """
+        entries = list(view.descendants.items())
+        namespaces: Collection[str] = {key[0] for key, _ in entries}
+        if self.acting is not None:
+            try:
+                namespaces = self.acting(namespaces)
+            except Exception:  # not knowing whether a peer outranks us, act nowhere this time
+                log.exception("peering unreadable; not sweeping")
+                return
+        for (namespace, _), values in entries:
+            if namespace not in namespaces:
                 continue
-            for values in list(view.descendants.values()):
-                for body in list(values):
-                    if (body.get("status") or {}).get("phase") in TERMINAL:
-                        continue
-                    try:
-                        self.controller.reconcile(body, view)
-                    except Exception:  # one broken object must not stop the sweep
-                        log.exception("sweeping %s failed", body["metadata"].get("name"))
+            for body in list(values):
+                if (body.get("status") or {}).get("phase") in TERMINAL:
+                    continue
+                try:
+                    self.controller.reconcile(body, view)
+                except Exception:  # one broken object must not stop the sweep
+                    log.exception("sweeping %s failed", body["metadata"].get("name"))

@@ -17,6 +17,7 @@ from studbook.api.descendant import Descendant
 from studbook.api.policy import BreedingPolicy
 from studbook.api.suite import EvaluationSuite
 from studbook.controllers.descendants import Controller, EventPoster, Sweeper
+from studbook.controllers.peering import PeeringGate
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget
@@ -48,7 +49,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.controller = Controller(
         api=api, settings=OperatorSettings.from_env(), post_event=EventPoster(api)
     )
-    memo.sweeper = Sweeper(memo.controller, TIMER_INTERVAL)
+    peering = settings.peering
+    gate = None
+    if not peering.standalone:
+        gate = PeeringGate(api, peering.name, peering.priority, peering.clusterwide)
+    memo.sweeper = Sweeper(memo.controller, TIMER_INTERVAL, acting=gate)
     memo.sweeper.start()
 
 
