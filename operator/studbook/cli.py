@@ -58,6 +58,21 @@ def operator(
             "(else host and pid), distinct per replica."
         ),
     ] = None,
+    webhook_port: Annotated[
+        int, typer.Option(help="Serve the admission webhook on this port; 0: no webhook.")
+    ] = 0,
+    webhook_host: Annotated[
+        str | None,
+        typer.Option(help="The address the API server calls the webhook at (e.g. 127.0.0.1)."),
+    ] = None,
+    webhook_service: Annotated[
+        str | None,
+        typer.Option(help="NAMESPACE/NAME of the webhook's Service, instead of --webhook-host."),
+    ] = None,
+    webhook_tls: Annotated[
+        Path | None,
+        typer.Option(help="Directory with tls.crt, tls.key, ca.crt; default: generated at start."),
+    ] = None,
 ) -> None:
     """Run the operator (the STUDBOOK_* environment configures it; see docs/operator.md)."""
     import kopf
@@ -65,6 +80,15 @@ def operator(
     import studbook.controllers.handlers  # noqa: F401  (registers the handlers)
     from studbook import metrics
     from studbook.controllers import peering as peers
+
+    settings = kopf.OperatorSettings()
+    if webhook_port:
+        from studbook.controllers import webhook
+
+        if (webhook_host is None) == (webhook_service is None):
+            raise typer.BadParameter("the webhook needs one of --webhook-host, --webhook-service")
+        options = webhook.WebhookOptions(webhook_port, webhook_host, webhook_service, webhook_tls)
+        webhook.enable(settings, options)
 
     if peering is not None:
         source = "--priority"
@@ -83,6 +107,7 @@ def operator(
         standalone=peering is None,
         peering_name=peering,
         priority=priority,
+        settings=settings,
     )
 
 

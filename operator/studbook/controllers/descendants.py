@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from studbook import metrics
 from studbook.api import reasons
-from studbook.api.descendant import Descendant, DescendantStatus
+from studbook.api.descendant import Descendant, DescendantSpec, DescendantStatus
 from studbook.api.policy import BreedingPolicy
 from studbook.api.task import (
     ParentArtifact,
@@ -30,7 +30,7 @@ from studbook.api.task import (
 from studbook.artifacts import Store, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
-from studbook.breeding.admission import ParentFacts, admit
+from studbook.breeding.admission import Decision, ParentFacts, admit
 from studbook.breeding.flow import (
     TERMINAL,
     Event,
@@ -140,15 +140,9 @@ class Controller:
             missing.append(
                 (reasons.SUITE_NOT_FOUND, f"suite {spec.evaluation_suite_ref.name!r} not found")
             )
-        parents: dict[str, ParentFacts | None] = {}
-        if policy is not None:
-            for ref in spec.parents:
-                parents[ref.name] = self._parent(
-                    namespace, policy, view.descendant(namespace, ref.name)
-                )
         if policy is None:
             return Observed(generation, status, now, missing=tuple(missing))
-        decision = admit(spec, policy.spec, parents)
+        decision = self.admission(namespace, spec, policy, view)
         missing += [
             (reasons.PARENT_NOT_FOUND, f"parent {name!r} not found") for name in decision.missing
         ]
@@ -195,8 +189,27 @@ class Controller:
             self._verifiers[key] = Verifier(Store.open(self.settings.store), trust)
         return self._verifiers[key]
 
+    def admission(
+        self,
+        namespace: str,
+        spec: DescendantSpec,
+        policy: BreedingPolicy,
+        view: View,
+        verify: bool = True,
+    ) -> Decision:
+        """Admission of a spec under its policy, with its parents as the view shows them.
+
+        Without ``verify``, a Ready parent counts as intact and signed: verifying re-hashes its
+        whole artifact, which only reconciling can afford.
+        """
+        parents = {
+            ref.name: self._parent(namespace, policy, view.descendant(namespace, ref.name), verify)
+            for ref in spec.parents
+        }
+        return admit(spec, policy.spec, parents)
+
     def _parent(
-        self, namespace: str, policy: BreedingPolicy, parent: Descendant | None
+        self, namespace: str, policy: BreedingPolicy, parent: Descendant | None, verify: bool
     ) -> ParentFacts | None:
         if parent is None:
             return None
@@ -206,8 +219,8 @@ class Controller:
             metrics.VERIFICATION_FAILURES.labels(type(error).__name__).inc()
             log.warning("parent %s refused: %s", where, error)
 
-        verifier = self._verifier(namespace, policy)
-        return parent_facts(parent, parent.status or DescendantStatus(), verifier.verify, refused)
+        check = self._verifier(namespace, policy).verify if verify else _trusted
+        return parent_facts(parent, parent.status or DescendantStatus(), check, refused)
 
     def _jobs(
         self, namespace: str, bodies: list[dict[str, Any]]
@@ -374,6 +387,10 @@ def _parent_artifact(parent: Descendant | None) -> ParentArtifact:
         uri=parent.status.artifact.uri,
         niche=parent.spec.niche,
     )
+
+
+def _trusted(artifact: str) -> None:
+    """Verifies nothing: the admission webhook leaves verification to reconciling."""
 
 
 def _time(value: str | None) -> datetime | None:

@@ -6,14 +6,16 @@ schema. Handlers return nothing, so kopf writes nothing into ``status.<handler>`
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from pydantic import ValidationError
 
 from studbook import GROUP, VERSION, metrics
-from studbook.api.descendant import Descendant
+from studbook.api.descendant import Descendant, DescendantSpec
 from studbook.api.policy import BreedingPolicy
 from studbook.api.suite import EvaluationSuite
 from studbook.controllers.descendants import Controller, EventPoster, Sweeper
@@ -21,11 +23,12 @@ from studbook.controllers.peering import PeeringGate
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget
-from studbook.k8s.client import patch_status
+from studbook.k8s.client import get_object, patch_status
 from studbook.k8s.jobs import LABEL_DESCENDANT
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
 Indexed = dict[tuple[str, str], dict[str, Any]]
+log = logging.getLogger("studbook.admission")
 TIMER_INTERVAL = 20.0
 """Seconds between sweeps over unfinished Descendants: backoff expiries need no event. One
 sweeper for all, rather than a kopf timer per object, keeps memory flat as the population grows."""
@@ -102,6 +105,62 @@ def _view(kwargs: dict[str, Any]) -> View:
         descendants=kwargs["descendant_index"],
         jobs=kwargs["job_index"],
     )
+
+
+def _live_view(api: client.ApiClient, namespace: str, spec: DescendantSpec) -> View:
+    """A spec's policy and parents read from the API server, for when the indexes are stale."""
+
+    def one(cls: type[BreedingPolicy] | type[Descendant], name: str) -> dict[Any, Any]:
+        body = get_object(api, cls, namespace, name)
+        # As in kopf's indexes: a list of bodies per key.
+        return {} if body is None else {(namespace, name): [body]}
+
+    parents: dict[Any, Any] = {}
+    for ref in spec.parents:
+        parents |= one(Descendant, ref.name)
+    policies = one(BreedingPolicy, spec.policy_ref.name)
+    return View(policies=policies, suites={}, descendants=parents, jobs={})
+
+
+# -- admission (registered only with the webhook: studbook.controllers.webhook.enable) --------
+
+
+def validate_descendant(
+    body: kopf.Body, namespace: str | None, dryrun: bool, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Deny a new Descendant that its policy refuses, with the reasons reconciling would give.
+
+    The same facts as reconciling, from the same indexes, judged by the same ``admit``; but
+    Ready parents are not verified (re-hashing an artifact takes longer than the API server
+    waits). A missing policy or parent, or one not Ready yet, is no refusal: the Descendant is
+    created and waits for it. Reconciling decides again either way.
+    """
+    try:
+        spec = Descendant.model_validate_json(json.dumps(dict(body))).spec
+    except ValidationError:
+        return  # reconciling rejects it, with pydantic's details in its status
+    where = str(namespace)
+    try:
+        controller = _controller(memo)
+        view = _view(kwargs)
+        acting = memo.sweeper.acting
+        if acting is not None and where not in acting({where}):
+            # kopf stops a paused replica's watches, so its indexes are stale.
+            view = _live_view(controller.api, where, spec)
+        policy = view.policy(where, spec.policy_ref.name)
+        if policy is None:
+            return
+        decision = controller.admission(where, spec, policy, view, verify=False)
+    except Exception:
+        # An error is no refusal: kopf would deny the request. Reconciling will judge it.
+        log.exception("admission of a Descendant in %s left to reconciling", where)
+        return
+    if not decision.refusals:
+        return
+    if not dryrun:
+        for refusal in decision.refusals:
+            metrics.ADMISSIONS_REFUSED.labels(refusal.reason).inc()
+    raise kopf.AdmissionError("; ".join(str(r) for r in decision.refusals), code=422)
 
 
 # -- reconciliation ------------------------------------------------------------------------
