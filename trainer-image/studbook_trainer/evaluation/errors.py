@@ -44,6 +44,10 @@ class ModelLoadError(EvaluationError):
     reason = "ModelLoadFailed"
 
 
+class MissingWeightsError(ModelLoadError):
+    """A checkpoint lacks weights the task needs, such as an encoder's missing classifier."""
+
+
 class CustomTaskError(EvaluationError):
     """A user-defined task cannot be imported, or returned something the harness cannot read."""
 

@@ -19,6 +19,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,11 @@ from studbook.api.scorecard import (
 )
 from studbook.api.suite import EvaluationSuiteSpec
 from studbook_trainer.evaluation.data import Dataset, load_datasets
-from studbook_trainer.evaluation.errors import EvaluationError, ModelLoadError
+from studbook_trainer.evaluation.errors import (
+    EvaluationError,
+    MissingWeightsError,
+    ModelLoadError,
+)
 from studbook_trainer.evaluation.metrics import Estimate, ece_of, point, tidy
 from studbook_trainer.evaluation.models import (
     Classifier,
@@ -153,6 +158,7 @@ class _Harness:
         self.options = options
         self.probed: list[str] = []
 
+    @cached_property
     def probe(self) -> Probe | None:
         """The suite's ``optimize`` classification examples, to fit an encoder's head on."""
         listed = [d for d in self.datasets.values() if d.spec.task == "classification"]
@@ -168,7 +174,7 @@ class _Harness:
 
     def load(self, ref: ModelRef, kind: str) -> Classifier | LanguageModel:
         if kind == "classification":
-            probe = self.probe()
+            probe = self.probe
             try:
                 model = load_classifier(
                     ref.path,
@@ -176,10 +182,10 @@ class _Harness:
                     batch_size=self.options.batch_size,
                     probe=probe,
                 )
-            except ModelLoadError as exc:
-                if probe is not None or "lacks weights" not in str(exc):
+            except MissingWeightsError as exc:
+                if probe is not None:
                     raise
-                raise ModelLoadError(
+                raise MissingWeightsError(
                     f"{exc}; an encoder is scored through a linear probe only when the suite has "
                     "optimize classification datasets with integer labels"
                 ) from exc
@@ -538,10 +544,11 @@ def _verdict(suite: EvaluationSuiteSpec, values: Mapping[str, float]) -> tuple[A
 def _calibration(
     suite: EvaluationSuiteSpec, child: _Evaluated, niche: Sequence[str]
 ) -> list[Calibration]:
-    probed: dict[str, bool] = {}
+    # A dataset is outside the niche when no probe that uses it measures a declared niche.
+    outside: dict[str, bool] = {}
     for probe in suite.niche_probes:
-        outside = not _matches(probe.taxonomy, niche)
-        probed[probe.dataset] = probed.get(probe.dataset, True) and outside
+        foreign = not _matches(probe.taxonomy, niche)
+        outside[probe.dataset] = outside.get(probe.dataset, True) and foreign
     results = []
     for name, run in child.runs.items():
         outputs = run.outputs
@@ -559,7 +566,7 @@ def _calibration(
                 dataset=name,
                 ece=ece,
                 abstention_rate=abstention,
-                outside_niche=probed.get(name),
+                outside_niche=outside.get(name),
             )
         )
     return results

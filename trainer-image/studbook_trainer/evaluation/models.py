@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from studbook_trainer.evaluation.errors import ModelLoadError
+from studbook_trainer.evaluation.errors import MissingWeightsError, ModelLoadError
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -133,7 +133,7 @@ def _load(
         raise ModelLoadError(f"{path}: cannot load a {what}: {exc}") from exc
     missing = sorted(info.get("missing_keys") or ())
     if missing and not (head is not None and set(missing) <= head):
-        raise ModelLoadError(
+        raise MissingWeightsError(
             f"{path}: the checkpoint lacks weights a {what} needs: {', '.join(missing[:8])}"
         )
     model.to(device)
@@ -380,23 +380,22 @@ class Probe:
     """Classes of the fitted head."""
 
 
-def _head_module(model: Any) -> tuple[str, torch.nn.Linear] | None:
-    """The classification head when it is a single linear layer (BERT-style), by name."""
+def _head_module(model: Any) -> torch.nn.Linear | None:
+    """The classification head when it is a single linear layer (BERT-style)."""
     for name in ("classifier", "score"):
         module = getattr(model, name, None)
         if isinstance(module, torch.nn.Linear):
-            return name, module
+            return module
     return None
 
 
-def _fit_probe(model: Any, tokenizer: Any, probe: Probe, device: str, seed: int) -> None:
+def _fit_probe(model: Any, tokenizer: Any, probe: Probe, device: str) -> None:
     """Fit the linear head on the frozen encoder's features.
 
     L2-regularised logistic regression, full-batch L-BFGS from zeros: the fit is deterministic.
     """
-    found = _head_module(model)
-    assert found is not None
-    head = found[1]
+    head = _head_module(model)
+    assert head is not None
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
     try:
@@ -415,7 +414,6 @@ def _fit_probe(model: Any, tokenizer: Any, probe: Probe, device: str, seed: int)
         hook.remove()
     features = torch.cat(captured).float().clone()
     target = torch.tensor(list(probe.labels), device=features.device)
-    torch.manual_seed(seed)
     weight = torch.zeros(probe.num_labels, features.shape[1], requires_grad=True)
     bias = torch.zeros(probe.num_labels, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
@@ -454,7 +452,7 @@ def load_classifier(
     try:
         model, tokenizer = _load(path, AutoModelForSequenceClassification, device, "classifier")
         return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
-    except ModelLoadError:
+    except MissingWeightsError:
         if probe is None:
             raise
     model, tokenizer = _load(
@@ -467,7 +465,7 @@ def load_classifier(
     )
     if _head_module(model) is None:
         raise ModelLoadError(f"{path}: a linear probe needs a single linear classification head")
-    _fit_probe(model, tokenizer, probe, device, seed=0)
+    _fit_probe(model, tokenizer, probe, device)
     return HFClassifier(model, tokenizer, device=device, batch_size=batch_size, probed=True)
 
 
