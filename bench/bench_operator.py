@@ -2,14 +2,18 @@
 
     .venv/bin/python bench/bench_operator.py [--descendants 500] [--population 2000]
 
-In one run, on one control plane with kwok GPU nodes completing Jobs:
+In one run, on one control plane with kwok GPU nodes completing Jobs, each phase starting once
+the previous one has settled (every Job finished, every Descendant terminal):
 
-1. a bare client creates, for N descendants, the Jobs the operator would create, as fast as it
-   can: the baseline rate;
-2. the operator reconciles N applied Descendants; the bench watches Jobs appear and reports the
-   time from each apply to its Job (p50, p99) and the operator's rate, as a ratio to the
-   baseline;
-3. more Descendants are applied until the namespace holds ``--population``, and the operator's
+1. baseline: a bare client creates, for N descendants, the Jobs the operator would create, as
+   fast as it can, serially;
+2. streaming: N Descendants applied one after the other while the operator runs; the time from
+   each apply to its Job (p50, p99) and the rate at which Jobs appear;
+3. backlog: N Descendants applied while the operator is paused by a higher-priority peer, then
+   released; the rate at which it turns them into Jobs, as a ratio to the baseline (the
+   operator's throughput, which the streaming rate cannot show: there the bench's own applies
+   set the pace);
+4. more Descendants are applied until the namespace holds ``--population``, and the operator's
    resident memory is read once it has seen them all.
 """
 
@@ -25,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,16 @@ from tests.cluster.fixtures import apply_crds, load_crds  # noqa: E402
 
 from studbook import GROUP, VERSION  # noqa: E402
 from studbook.api import Descendant, parse_manifest  # noqa: E402
+from studbook.breeding.flow import TERMINAL  # noqa: E402
+from studbook.controllers.peering import MAX_PRIORITY  # noqa: E402
 from studbook.k8s import jobs as builders  # noqa: E402
 
 EXAMPLES = REPO / "examples"
+PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
+PEERING = "bench"
+HOLDER = "bench-holder"
+"""A peer that never runs: while its record is live, kopf pauses the operator."""
+PAUSED = "Pausing operations in favour of"
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -94,6 +107,94 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _wait(check: Callable[[], bool], what: str, timeout: float = 600) -> float:
+    """Poll until ``check`` holds; the seconds it took."""
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"{what}: not after {timeout:.0f}s")
+        time.sleep(0.5)
+    return time.monotonic() - began
+
+
+def _jobs_finished(api: client.ApiClient, namespace: str, count: int) -> bool:
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    finished = [
+        j
+        for j in jobs
+        if any(c.status == "True" for c in (j.status.conditions or []) if c.type != "Suspended")
+    ]
+    return len(jobs) >= count and len(finished) == len(jobs)
+
+
+def _all_terminal(api: client.ApiClient, namespace: str, prefix: str, count: int) -> bool:
+    listed = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "descendants"
+    )["items"]
+    ours = [d for d in listed if d["metadata"]["name"].startswith(prefix)]
+    return len(ours) >= count and all(
+        (d.get("status") or {}).get("phase") in TERMINAL for d in ours
+    )
+
+
+class JobWatch:
+    """Records when the first Job of each Descendant whose name has ``prefix`` appears."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, prefix: str, count: int) -> None:
+        self.seen: dict[str, float] = {}
+        self.done = threading.Event()
+        self._args = (api, namespace, prefix, count)
+        self._ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self._ready.wait(30)
+
+    def _run(self) -> None:
+        api, namespace, prefix, count = self._args
+        stream = watch.Watch()
+        batch = client.BatchV1Api(api)
+        version = batch.list_namespaced_job(namespace).metadata.resource_version
+        self._ready.set()
+        for event in stream.stream(
+            batch.list_namespaced_job,
+            namespace,
+            resource_version=version,
+            timeout_seconds=900,
+        ):
+            owner = event["object"].metadata.labels[builders.LABEL_DESCENDANT]
+            if event["type"] == "ADDED" and owner.startswith(prefix):
+                self.seen.setdefault(owner, time.perf_counter())
+            if len(self.seen) >= count:
+                stream.stop()
+        self.done.set()
+
+
+def _apply(objects: client.CustomObjectsApi, namespace: str, names: list[str]) -> dict[str, float]:
+    applied = {}
+    for name in names:
+        applied[name] = time.perf_counter()
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "descendants", _founder(name, namespace)
+        )
+    return applied
+
+
+def _hold(objects: client.CustomObjectsApi, namespace: str, held: bool) -> None:
+    """Add or remove a live peer that outranks the operator: kopf pauses it while it is there."""
+    record = {
+        "priority": MAX_PRIORITY,
+        "lifetime": 900,
+        "lastseen": datetime.now(UTC).isoformat(),
+    }
+    objects.patch_namespaced_custom_object(
+        "kopf.dev",
+        "v1",
+        namespace,
+        "kopfpeerings",
+        PEERING,
+        {"status": {HOLDER: record if held else None}},
+    )
+
+
 def run(count: int, population: int, profile: str | None = None) -> dict[str, Any]:
     """The whole benchmark; returns its figures."""
     workdir = Path(tempfile.mkdtemp(prefix="studbook-bench-operator-"))
@@ -104,6 +205,7 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
     try:
         api = config.new_client_from_config(str(plane.kubeconfig))
         apply_crds(api, load_crds())
+        apply_crds(api, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
         store = workdir / "store"
         store.mkdir()
         settings = builders.JobSettings(
@@ -113,6 +215,9 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
             store_mount=str(store),
         )
         figures["baseline_per_s"] = round(baseline(api, count, settings), 1)
+        figures["baseline_settled_s"] = round(
+            _wait(lambda: _jobs_finished(api, "bench-baseline", count), "baseline Jobs"), 1
+        )
 
         namespace = "bench-operator"
         _create_ns(api, namespace)
@@ -121,6 +226,13 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
             body = _example(kind)
             body["metadata"]["namespace"] = namespace
             objects.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+        objects.create_namespaced_custom_object(
+            "kopf.dev",
+            "v1",
+            namespace,
+            "kopfpeerings",
+            {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}},
+        )
         env = {
             **os.environ,
             "KUBECONFIG": str(plane.kubeconfig),
@@ -128,65 +240,64 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
             "STUDBOOK_JOB_STORE": str(store),
             "STUDBOOK_STORE_VOLUME": json.dumps({"hostPath": {"path": str(store)}}),
         }
-        log = (workdir / "operator.log").open("wb")
+        log_path = workdir / "operator.log"
         command = [sys.executable, "-m", "studbook", "operator", "-n", namespace]
         if profile:
             command = ["py-spy", "record", "-o", profile, "-f", "raw", "--", *command]
         operator = subprocess.Popen(
-            [*command, "--metrics-port", "0"],
+            [*command, "--metrics-port", "0", "--peering", PEERING, "--priority", "1"],
             env=env,
-            stdout=log,
+            stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-        # The clock starts once the operator is up: it has validated the policy.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def policy_valid() -> bool:
             policy = objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, "breedingpolicies", "standard"
             )
-            if (policy.get("status") or {}).get("phase") == "Valid":
-                break
-            time.sleep(0.2)
-        applied: dict[str, float] = {}
-        seen: dict[str, float] = {}
-        done = threading.Event()
+            return bool((policy.get("status") or {}).get("phase") == "Valid")
 
-        def watch_jobs() -> None:
-            stream = watch.Watch()
-            for event in stream.stream(
-                client.BatchV1Api(api).list_namespaced_job, namespace, timeout_seconds=600
-            ):
-                if event["type"] == "ADDED":
-                    owner = event["object"].metadata.labels[builders.LABEL_DESCENDANT]
-                    seen.setdefault(owner, time.perf_counter())
-                if len(seen) >= count:
-                    stream.stop()
-            done.set()
+        # The clock starts once the operator is up: it has validated the policy.
+        _wait(policy_valid, "the operator validating the policy", timeout=120)
 
-        watcher = threading.Thread(target=watch_jobs, daemon=True)
-        watcher.start()
+        names = [f"stream-{i:04d}" for i in range(count)]
+        jobs = JobWatch(api, namespace, "stream-", count)
         began = time.perf_counter()
-        for i in range(count):
-            name = f"founder-{i:04d}"
-            applied[name] = time.perf_counter()
-            objects.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, "descendants", _founder(name, namespace)
-            )
-        done.wait(600)
-        latencies = sorted(seen[n] - applied[n] for n in applied if n in seen)
-        figures["jobs_seen"] = len(latencies)
-        figures["operator_per_s"] = round(len(latencies) / (max(seen.values()) - began), 1)
-        figures["ratio_to_baseline"] = round(
-            figures["operator_per_s"] / figures["baseline_per_s"], 2
-        )
+        applied = _apply(objects, namespace, names)
+        figures["stream_applied_per_s"] = round(count / (time.perf_counter() - began), 1)
+        jobs.done.wait(600)
+        latencies = sorted(jobs.seen[n] - applied[n] for n in names if n in jobs.seen)
+        figures["stream_jobs_seen"] = len(latencies)
+        figures["stream_jobs_per_s"] = round(len(latencies) / (max(jobs.seen.values()) - began), 1)
         figures["apply_to_job_p50_s"] = round(statistics.median(latencies), 2)
         figures["apply_to_job_p99_s"] = round(latencies[int(0.99 * (len(latencies) - 1))], 2)
+        figures["stream_settled_s"] = round(
+            _wait(lambda: _all_terminal(api, namespace, "stream-", count), "stream terminal"), 1
+        )
+
+        _hold(objects, namespace, True)
+        _wait(lambda: PAUSED in log_path.read_text(), "the operator pausing", timeout=60)
+        _apply(objects, namespace, [f"backlog-{i:04d}" for i in range(count)])
+        jobs = JobWatch(api, namespace, "backlog-", count)
+        released = time.perf_counter()
+        _hold(objects, namespace, False)
+        jobs.done.wait(600)
+        figures["backlog_jobs_seen"] = len(jobs.seen)
+        figures["backlog_jobs_per_s"] = round(
+            len(jobs.seen) / (max(jobs.seen.values()) - released), 1
+        )
+        figures["ratio_to_baseline"] = round(
+            figures["backlog_jobs_per_s"] / figures["baseline_per_s"], 2
+        )
+        figures["backlog_settled_s"] = round(
+            _wait(lambda: _all_terminal(api, namespace, "backlog-", count), "backlog terminal"), 1
+        )
 
         # Grow the watched population; the extra Descendants wait for a missing parent, so the
         # operator holds them all without more Jobs.
-        for i in range(count, population):
-            body = _founder(f"founder-{i:04d}", namespace)
+        for i in range(2 * count, population):
+            body = _founder(f"waiting-{i:04d}", namespace)
             body["spec"] = _example("lora-specialist")["spec"]
             objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "descendants", body)
         time.sleep(30)

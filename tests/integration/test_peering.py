@@ -115,7 +115,8 @@ def test_only_the_higher_priority_replica_acts_and_the_other_takes_over_when_it_
         what="the second breed Job",
         log=lower.log,
     )
-    assert _reconciled(lower)
+    # The counter moves when the handler returns, a moment after it created the Job.
+    wait_for(lambda: _reconciled(lower), timeout=15, what="lower reconciling", log=lower.log)
     assert _jobs(kube, namespace) == ["first-breed-1", "second-breed-1"]
 
     # Killed and restarted in its pod, a replica keeps its name: its priority and, through

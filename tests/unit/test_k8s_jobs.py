@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from tests.builders import Body
 
 from studbook.api import Descendant
+from studbook.controllers.view import indexed_job
 from studbook.k8s.jobs import JobSettings, job, object_name, untrusted_network_policy
 
 TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
@@ -102,3 +104,25 @@ def test_network_policy_allows_only_the_store() -> None:
     assert expression["values"] == ["breed", "evaluate"], "sign pods are not fenced in"
     pod_labels = job(_descendant(), "breed", 1, SETTINGS, TASK)["spec"]["template"]["metadata"]
     assert selector["matchLabels"].items() <= pod_labels["labels"].items()
+
+
+def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -> None:
+    body = job(_descendant(**{"spec.resources.gpus": 2}), "breed", 1, SETTINGS, TASK)
+    body["metadata"]["uid"] = "job-uid"
+    body["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
+    body["status"] = {"active": 1, "startTime": "2026-11-30T10:00:00Z"}
+    kept = indexed_job(body)
+    assert kept["metadata"]["labels"] == body["metadata"]["labels"]
+    assert (kept["metadata"]["name"], kept["metadata"]["uid"]) == (
+        body["metadata"]["name"],
+        "job-uid",
+    )
+    assert kept["status"] == body["status"]
+    limits = _pod(kept)["containers"][0]["resources"]["limits"]
+    assert (
+        limits["nvidia.com/gpu"]
+        == _pod(body)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    )
+    assert "managedFields" not in kept["metadata"]
+    assert "volumes" not in _pod(kept) and "metadata" not in kept["spec"]["template"]
+    assert len(json.dumps(kept)) < len(json.dumps(body)) / 3

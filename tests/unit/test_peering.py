@@ -80,14 +80,18 @@ def test_a_replica_acts_unless_a_live_peer_outranks_or_ties_with_it() -> None:
 
 
 class _Recorder:
-    def __init__(self) -> None:
+    def __init__(self, recent: Collection[str] = ()) -> None:
         self.seen: list[str] = []
+        self.recent = recent
 
     def reconcile(self, body: dict[str, Any], view: View) -> None:
         self.seen.append(body["metadata"]["name"])
 
+    def reconciled_within(self, namespace: str, name: str, seconds: float) -> bool:
+        return name in self.recent
 
-def _sweep(acting: Any) -> list[str]:
+
+def _sweep(acting: Any, recent: Collection[str] = ()) -> list[str]:
     def body(name: str, phase: str) -> dict[str, Any]:
         return {"metadata": {"name": name}, "status": {"phase": phase}}
 
@@ -96,7 +100,7 @@ def _sweep(acting: Any) -> list[str]:
         ("a", "done"): [body("done", "Ready")],
         ("b", "y"): [body("y", "Pending")],
     }
-    recorder = _Recorder()
+    recorder = _Recorder(recent)
     sweeper = Sweeper(cast(Controller, recorder), 20.0, acting=acting)
     sweeper.sweep(View(policies={}, suites={}, descendants=descendants, jobs={}))
     return sorted(recorder.seen)
@@ -112,3 +116,7 @@ def test_the_sweeper_acts_only_where_the_replica_may() -> None:
     assert _sweep(None) == ["x", "y"]
     assert _sweep(only_a) == ["x"]
     assert _sweep(unreadable) == []
+
+
+def test_the_sweeper_leaves_what_an_event_just_reconciled_to_the_next_sweep() -> None:
+    assert _sweep(None, recent={"x"}) == ["y"]

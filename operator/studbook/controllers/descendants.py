@@ -44,7 +44,7 @@ from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, typed
 from studbook.k8s import jobs as builders
-from studbook.k8s.client import config_map_value, create_if_absent, patch_status
+from studbook.k8s.client import config_map_value, create_if_absent, discard, patch_status
 from studbook.local.steps import parent_facts, step_results
 
 log = logging.getLogger("studbook.descendants")
@@ -69,6 +69,7 @@ class Controller:
     _counted: set[str] = field(default_factory=set)
     _written: dict[str, str] = field(default_factory=dict)
     _fenced: set[str] = field(default_factory=set)
+    _reconciled_at: dict[str, float] = field(default_factory=dict)
 
     def reconcile(self, body: dict[str, Any], view: View, echo: bool = False) -> Plan | None:
         """Bring one Descendant a step further; returns the plan carried out.
@@ -93,7 +94,13 @@ class Controller:
                     time.perf_counter() - started
                 )
         metrics.RECONCILES.labels("Descendant", "ok").inc()
+        self._reconciled_at[key] = time.monotonic()
         return plan
+
+    def reconciled_within(self, namespace: str, name: str, seconds: float) -> bool:
+        """Whether a Descendant was reconciled, without an error, in the last ``seconds``."""
+        last = self._reconciled_at.get(f"{namespace}/{name}")
+        return last is not None and time.monotonic() - last < seconds
 
     # -- observing ------------------------------------------------------------------------
 
@@ -428,7 +435,11 @@ class EventPoster:
             "count": 1,
         }
         try:
-            client.CoreV1Api(self.api).create_namespaced_event(meta["namespace"], record)
+            discard(
+                client.CoreV1Api(self.api).create_namespaced_event(
+                    meta["namespace"], record, _preload_content=False
+                )
+            )
         except ApiException as error:  # an event is a courtesy, never a reason to fail
             log.warning("event %s for %s not posted: %s", event.reason, meta["name"], error.reason)
 
@@ -466,7 +477,9 @@ class Sweeper:
     def sweep(self, view: View) -> None:
         """Reconcile every unfinished Descendant of the view where this replica may act.
 
-        ``acting`` picks those namespaces when replicas peer; by default, all of them.
+        ``acting`` picks those namespaces when replicas peer; by default, all of them. One that
+        an event had reconciled within the interval is left to the next sweep: in a burst, the
+        event handlers are already at it, and sweeping it too would only repeat their writes.
         """
         entries = list(view.descendants.items())
         namespaces: Collection[str] = {key[0] for key, _ in entries}
@@ -481,6 +494,9 @@ class Sweeper:
                 continue
             for body in list(values):
                 if (body.get("status") or {}).get("phase") in TERMINAL:
+                    continue
+                name = body["metadata"]["name"]
+                if self.controller.reconciled_within(namespace, name, self.interval):
                     continue
                 try:
                     self.controller.reconcile(body, view)

@@ -1,13 +1,15 @@
 """The kopf handlers: thin adapters from watch events and timers to the controllers.
 
-Progress and the last-handled state live in annotations, never in ``status``: status is our
-schema. Handlers return nothing, so kopf writes nothing into ``status.<handler>``.
+kopf's progress lives in annotations, never in ``status``: status is our schema. No
+last-handled state is kept at all (see ``NoDiffBase``). Handlers return nothing, so kopf writes
+nothing into ``status.<handler>``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -22,7 +24,7 @@ from studbook.controllers.descendants import Controller, EventPoster, Sweeper
 from studbook.controllers.peering import PeeringGate
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
-from studbook.controllers.view import View, forget
+from studbook.controllers.view import View, forget, indexed, indexed_job
 from studbook.k8s.client import get_object, patch_status
 from studbook.k8s.jobs import LABEL_DESCENDANT
 
@@ -34,13 +36,35 @@ TIMER_INTERVAL = 20.0
 sweeper for all, rather than a kopf timer per object, keeps memory flat as the population grows."""
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps no last-handled state: every handler here is level-based.
+
+    kopf diffs old and new essences only for change-detecting handlers (create, update, resume,
+    delete, daemons, timers), and Studbook registers none: events and indexes look at the whole
+    object each time. kopf still builds the new essence on every event, by deep-copying the whole
+    body (a Job's pod template, a Descendant's scorecard) only to discard it; on a busy
+    namespace that copying was half of kopf's event loop.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        """An empty essence: nothing compares it."""
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """No stored essence."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing to store."""
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Annotations for kopf's bookkeeping; our own events only; the controller in ``memo``."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     # Reconciling mostly waits on the API server; enough threads keep new Descendants moving.
     settings.execution.max_workers = 32
@@ -77,25 +101,25 @@ def _controller(memo: kopf.Memo) -> Controller:
 @kopf.index(GROUP, VERSION, BreedingPolicy.crd.plural)
 def policy_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
     """Policies by (namespace, name)."""
-    return {(str(namespace), name): dict(body)}
+    return {(str(namespace), name): indexed(dict(body))}
 
 
 @kopf.index(GROUP, VERSION, EvaluationSuite.crd.plural)
 def suite_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
     """Suites by (namespace, name)."""
-    return {(str(namespace), name): dict(body)}
+    return {(str(namespace), name): indexed(dict(body))}
 
 
 @kopf.index(*DESCENDANTS)
 def descendant_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
     """Descendants by (namespace, name)."""
-    return {(str(namespace), name): dict(body)}
+    return {(str(namespace), name): indexed(dict(body))}
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_DESCENDANT: kopf.PRESENT})
 def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Indexed:
-    """Jobs by (namespace, owning Descendant)."""
-    return {(str(namespace), labels[LABEL_DESCENDANT]): dict(body)}
+    """Jobs by (namespace, owning Descendant), as far as reconciling reads them."""
+    return {(str(namespace), labels[LABEL_DESCENDANT]): indexed_job(dict(body))}
 
 
 def _view(kwargs: dict[str, Any]) -> View:

@@ -50,6 +50,36 @@ def forget(uid: str) -> None:
             del _PARSED[key]
 
 
+def indexed(body: Body) -> Body:
+    """A body as an index keeps it: without ``metadata.managedFields``.
+
+    Nothing here reads them, and they are often the largest part of an object.
+    """
+    metadata = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**body, "metadata": metadata}
+
+
+def indexed_job(body: Body) -> Body:
+    """What reconciling reads of a Job, as its index keeps it.
+
+    Its name, uid, labels, status and the first container's resources (for GPU hours); not the
+    pod template and managed fields, most of a Job's size.
+    """
+    metadata = body["metadata"]
+    containers = body["spec"]["template"]["spec"]["containers"]
+    return {
+        "metadata": {
+            k: metadata[k] for k in ("name", "namespace", "uid", "labels") if k in metadata
+        },
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"resources": containers[0].get("resources") or {}}]}
+            }
+        },
+        "status": body.get("status") or {},
+    }
+
+
 def _one(index: Mapping[Key, Any], key: Key) -> Body | None:
     values = index.get(key)
     if not values:

@@ -6,7 +6,10 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from kubernetes import client
+# Imported with this module, not on first use as the client would: its API modules take about
+# two seconds to load, CoreV1Api's most, and every reconciling thread that needs one meanwhile
+# waits on the import lock. The operator's first Descendants would pay that wait.
+from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
 
 from studbook import GROUP, VERSION
@@ -16,10 +19,10 @@ R = TypeVar("R", bound=Resource)
 
 
 def get_object(
-    api: client.ApiClient, cls: type[Resource], namespace: str, name: str
+    api: ApiClient, cls: type[Resource], namespace: str, name: str
 ) -> dict[str, Any] | None:
     """The raw body of a Studbook resource, or ``None`` if it does not exist."""
-    objects = client.CustomObjectsApi(api)
+    objects = CustomObjectsApi(api)
     try:
         body = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, cls.crd.plural, name)
     except ApiException as error:
@@ -29,7 +32,7 @@ def get_object(
     return cast(dict[str, Any], body)
 
 
-def get_resource(api: client.ApiClient, cls: type[R], namespace: str, name: str) -> R | None:
+def get_resource(api: ApiClient, cls: type[R], namespace: str, name: str) -> R | None:
     """A Studbook resource by name, typed, or ``None`` if it does not exist.
 
     Raises pydantic's ``ValidationError`` when the stored object does not fit the model.
@@ -38,16 +41,16 @@ def get_resource(api: client.ApiClient, cls: type[R], namespace: str, name: str)
     return None if body is None else cls.model_validate_json(json.dumps(body))
 
 
-def create_if_absent(api: client.ApiClient, body: dict[str, Any]) -> bool:
+def create_if_absent(api: ApiClient, body: dict[str, Any]) -> bool:
     """Create a namespaced object unless one of that name exists; whether it was created."""
     namespace = body["metadata"]["namespace"]
     creators: dict[str, Callable[..., Any]] = {
-        "ConfigMap": client.CoreV1Api(api).create_namespaced_config_map,
-        "Job": client.BatchV1Api(api).create_namespaced_job,
-        "NetworkPolicy": client.NetworkingV1Api(api).create_namespaced_network_policy,
+        "ConfigMap": CoreV1Api(api).create_namespaced_config_map,
+        "Job": BatchV1Api(api).create_namespaced_job,
+        "NetworkPolicy": NetworkingV1Api(api).create_namespaced_network_policy,
     }
     try:
-        creators[body["kind"]](namespace, body)
+        discard(creators[body["kind"]](namespace, body, _preload_content=False))
     except ApiException as error:
         if error.status == 409:
             return False
@@ -55,11 +58,21 @@ def create_if_absent(api: client.ApiClient, body: dict[str, Any]) -> bool:
     return True
 
 
+def discard(response: Any) -> None:
+    """Read and release a raw response (``_preload_content=False``) whose body is not needed.
+
+    The client would otherwise parse it into its typed models, CPU the operator needs for the
+    next Descendant. Error responses are still raised as ``ApiException``.
+    """
+    response.read()
+    response.release_conn()
+
+
 def patch_status(
-    api: client.ApiClient, cls: type[Resource], namespace: str, name: str, status: dict[str, Any]
+    api: ApiClient, cls: type[Resource], namespace: str, name: str, status: dict[str, Any]
 ) -> str:
     """Replace the ``status`` of a Studbook resource; return the new ``resourceVersion``."""
-    objects = client.CustomObjectsApi(api)
+    objects = CustomObjectsApi(api)
     # A JSON patch replaces status whole, so fields the new status drops go too.
     patch = [{"op": "add", "path": "/status", "value": status}]
     patched = objects.patch_namespaced_custom_object_status(
@@ -74,10 +87,10 @@ def patch_status(
     return str(cast(dict[str, Any], patched)["metadata"]["resourceVersion"])
 
 
-def config_map_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:
+def config_map_value(api: ApiClient, namespace: str, name: str, key: str) -> str | None:
     """One key of a ConfigMap, or ``None`` when the ConfigMap or key is absent."""
     try:
-        found = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+        found = CoreV1Api(api).read_namespaced_config_map(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
