@@ -46,7 +46,7 @@ from tests.cluster.fixtures import apply_crds, load_crds  # noqa: E402
 from studbook import GROUP, VERSION  # noqa: E402
 from studbook.api import Descendant, parse_manifest  # noqa: E402
 from studbook.breeding.flow import TERMINAL  # noqa: E402
-from studbook.controllers.peering import MAX_PRIORITY  # noqa: E402
+from studbook.controllers.peering import MAX_PRIORITY, PAUSED  # noqa: E402
 from studbook.k8s import jobs as builders  # noqa: E402
 
 EXAMPLES = REPO / "examples"
@@ -54,7 +54,6 @@ PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
 PEERING = "bench"
 HOLDER = "bench-holder"
 """A peer that never runs: while its record is live, kopf pauses the operator."""
-PAUSED = "Pausing operations in favour of"
 
 
 def _example(name: str) -> dict[str, Any]:

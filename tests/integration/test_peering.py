@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from studbook.controllers.peering import PeeringGate, derived_priority
+from studbook.controllers.peering import PAUSED, RESUMED, PeeringGate, derived_priority
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.fixtures import apply_crds
@@ -21,9 +21,6 @@ pytestmark = pytest.mark.cluster
 
 PEERING = "studbook"
 PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
-# kopf's own words (kopf/_core/engines/peering.py), at INFO: `--peering` lets them through.
-PAUSED = "Pausing operations in favour of"
-RESUMED = "Resuming operations after the pause"
 
 
 @pytest.fixture

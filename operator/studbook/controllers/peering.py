@@ -28,6 +28,12 @@ def derived_priority(identity: str) -> int:
     return int.from_bytes(digest[:8], "big") % MAX_PRIORITY + 1
 
 
+PAUSED = "Pausing operations in favour of"
+"""How kopf's log line begins when a peer outranks this replica (kopf/_core/engines/peering.py)."""
+RESUMED = "Resuming operations after the pause"
+"""How kopf's log line begins when this replica acts again."""
+
+
 def log_peering_decisions() -> None:
     """Show kopf's pauses and resumes, which it logs at INFO, below Python's default WARNING."""
     handler = logging.StreamHandler()

@@ -582,6 +582,11 @@ def _plain(*cells: str) -> list[_Cell]:
     return [_Cell(c) for c in cells]
 
 
+LINEAGE_LEGEND = (
+    "Parents above their children; green: verdict pass, red: fail, grey: none, orange: archived"
+    " by the policy's gates."
+)
+NO_COMPARISONS = "No evaluated descendant has parents."
 PROBED_NOTE = (
     "† no classification head: scored through a linear probe fitted on the suite's optimize"
     " data, so the scores measure its features."
@@ -768,8 +773,7 @@ def to_html(report: Report) -> str:
         *(f"<li>{_esc(line)}</li>" for line in headline(report)),
         "</ul></section>\n",
         '<section id="lineage"><h2>Lineage</h2>',
-        "<p>Parents above their children; green: verdict pass, red: fail, grey: none, orange:"
-        " archived by the policy's gates.</p>",
+        f"<p>{_esc(LINEAGE_LEGEND)}</p>",
         lineage_svg(report),
         "</section>\n",
         '<section id="scorecards"><h2>Scorecards</h2>',
@@ -781,7 +785,7 @@ def to_html(report: Report) -> str:
     ]
     compared = _compared(report)
     if not compared:
-        parts.append("<p>No evaluated descendant has parents.</p>")
+        parts.append(f"<p>{NO_COMPARISONS}</p>")
     for entry in compared:
         table, bars = _comparison_table(entry)
         parts += [
@@ -844,8 +848,7 @@ def to_markdown(report: Report, lineage_image: str = LINEAGE_FILE) -> str:
         "## Headline\n",
         "".join(f"- {line}\n" for line in headline(report)),
         "## Lineage\n",
-        "Parents above their children; green: verdict pass, red: fail, grey: none, orange: archived"
-        " by the policy's gates.\n",
+        LINEAGE_LEGEND + "\n",
         f"![lineage graph]({lineage_image})\n",
         "## Scorecards\n",
         "Value [confidence interval]; the best value of each row in bold.\n",
@@ -855,7 +858,7 @@ def to_markdown(report: Report, lineage_image: str = LINEAGE_FILE) -> str:
     ]
     compared = _compared(report)
     if not compared:
-        parts.append("No evaluated descendant has parents.\n")
+        parts.append(NO_COMPARISONS + "\n")
     for entry in compared:
         table, _bars = _comparison_table(entry)
         parts += [
