@@ -45,6 +45,7 @@ SIGNED = SignResult(signature_uri="file:///store/sig.json", signer="studbook-sig
 
 def observe(status: DescendantStatus | None = None, **changes: Any) -> Observed:
     base: dict[str, Any] = {
+        "name": "d",
         "generation": 1,
         "status": status or DescendantStatus(),
         "now": T0,
@@ -103,6 +104,28 @@ def test_admitted_descendant_starts_its_breed_job_once() -> None:
     assert reconcile(observe(first.status)).create == (("breed", 1),)
     running = reconcile(observe(first.status, jobs=job("breed", 1, "Running")))
     assert running.create == () and running.events == ()
+    assert cond(running, reasons.BRED) == ("Unknown", reasons.JOB_RUNNING)
+
+
+def test_a_job_is_listed_as_it_is_asked_for_so_seeing_it_queued_changes_nothing() -> None:
+    first = reconcile(observe())
+    assert [(j.name, j.purpose, j.attempt, j.phase) for j in first.status.jobs] == [
+        ("d-breed-1", "breed", 1, "Pending")
+    ]
+    assert first.status.attempts == 1
+    assert cond(first, reasons.BRED) == ("Unknown", reasons.JOB_CREATED)
+    queued = reconcile(observe(first.status, jobs=job("breed", 1, "Pending")))
+    assert queued.status == first.status and queued.events == () and queued.create == ()
+    # The same for a retry: its status as asked for is its status as seen queued.
+    failed = job("breed", 1, "Failed", reason="OOMKilled", finished_at=T0)
+    later = T0 + timedelta(seconds=10)
+    retry = reconcile(observe(jobs=failed, now=later))
+    assert retry.create == (("breed", 2),) and retry.status.attempts == 2
+    assert "attempt 2 created after: OOMKilled" in (retry.status.message or "")
+    seen = reconcile(
+        observe(retry.status, jobs={**failed, **job("breed", 2, "Pending")}, now=later)
+    )
+    assert seen.status == retry.status and seen.events == ()
 
 
 def test_failed_attempt_is_retried_after_backoff_then_fails() -> None:

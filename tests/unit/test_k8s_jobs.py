@@ -9,8 +9,9 @@ import pytest
 from tests.builders import Body
 
 from studbook.api import Descendant
+from studbook.breeding.flow import job_name
 from studbook.controllers.view import indexed_job
-from studbook.k8s.jobs import JobSettings, job, object_name, untrusted_network_policy
+from studbook.k8s.jobs import JobSettings, job, job_phase, untrusted_network_policy
 
 TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
 SETTINGS = JobSettings(
@@ -89,9 +90,30 @@ def test_jobs_are_owned_and_carry_their_task(purpose: Any) -> None:
 
 def test_names_are_stable_and_fit_a_label() -> None:
     long = "a" * 60
-    assert object_name(long, "evaluate", 12) == object_name(long, "evaluate", 12)
-    assert object_name(long, "evaluate", 12) != object_name(long, "evaluate", 13)
-    assert len(object_name(long, "evaluate", 12)) <= 63
+    assert job_name(long, "evaluate", 12) == job_name(long, "evaluate", 12)
+    assert job_name(long, "evaluate", 12) != job_name(long, "evaluate", 13)
+    assert len(job_name(long, "evaluate", 12)) <= 63
+    assert job(_descendant(), "breed", 2, SETTINGS, TASK)["metadata"]["name"] == job_name(
+        "minilm-sentiment", "breed", 2
+    )
+
+
+def test_a_job_runs_once_a_pod_is_ready_not_once_one_exists() -> None:
+    def phase(**status: Any) -> str:
+        return job_phase({"metadata": {"name": "j"}, "status": status})
+
+    assert phase() == "Pending"
+    # The Job controller counts a pod waiting for a GPU as active.
+    assert phase(active=1, ready=0, startTime="2026-11-30T12:00:00Z") == "Pending"
+    assert phase(active=1, ready=1) == "Running"
+    done = {"type": "Complete", "status": "True"}
+    assert (
+        phase(succeeded=1, conditions=[{"type": "SuccessCriteriaMet", "status": "True"}, done])
+        == "Succeeded"
+    )
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+    assert phase(active=0, failed=1, conditions=[failed]) == "Failed"
+    assert phase(conditions=[{**failed, "status": "False"}], active=1, ready=1) == "Running"
 
 
 def test_network_policy_allows_only_the_store() -> None:

@@ -9,8 +9,10 @@ from typing import Any, cast
 
 import kopf
 import pytest
+from tests.builders import Body
 from typer.testing import CliRunner
 
+from studbook.api.descendant import DescendantStatus
 from studbook.cli import app
 from studbook.controllers import peering
 from studbook.controllers.descendants import Controller, Sweeper
@@ -80,18 +82,18 @@ def test_a_replica_acts_unless_a_live_peer_outranks_or_ties_with_it() -> None:
 
 
 class _Recorder:
-    def __init__(self, recent: Collection[str] = ()) -> None:
+    def __init__(self, due: Collection[str]) -> None:
         self.seen: list[str] = []
-        self.recent = recent
+        self.due = due
 
     def reconcile(self, body: dict[str, Any], view: View) -> None:
         self.seen.append(body["metadata"]["name"])
 
-    def reconciled_within(self, namespace: str, name: str, seconds: float) -> bool:
-        return name in self.recent
+    def sweep_due(self, namespace: str, name: str, interval: float) -> bool:
+        return name in self.due
 
 
-def _sweep(acting: Any, recent: Collection[str] = ()) -> list[str]:
+def _sweep(acting: Any, due: Collection[str] = ("x", "y", "done")) -> list[str]:
     def body(name: str, phase: str) -> dict[str, Any]:
         return {"metadata": {"name": name}, "status": {"phase": phase}}
 
@@ -100,7 +102,7 @@ def _sweep(acting: Any, recent: Collection[str] = ()) -> list[str]:
         ("a", "done"): [body("done", "Ready")],
         ("b", "y"): [body("y", "Pending")],
     }
-    recorder = _Recorder(recent)
+    recorder = _Recorder(due)
     sweeper = Sweeper(cast(Controller, recorder), 20.0, acting=acting)
     sweeper.sweep(View(policies={}, suites={}, descendants=descendants, jobs={}))
     return sorted(recorder.seen)
@@ -118,5 +120,20 @@ def test_the_sweeper_acts_only_where_the_replica_may() -> None:
     assert _sweep(unreadable) == []
 
 
-def test_the_sweeper_leaves_what_an_event_just_reconciled_to_the_next_sweep() -> None:
-    assert _sweep(None, recent={"x"}) == ["y"]
+def test_the_sweeper_looks_only_at_what_is_due() -> None:
+    assert _sweep(None, due={"y"}) == ["y"]
+
+
+def test_a_descendant_is_due_for_a_sweep_once_looked_at_and_not_lately() -> None:
+    # A Descendant whose status is final and up to date: reconciling it writes nothing.
+    status = DescendantStatus(phase="Rejected", observed_generation=1).to_wire()
+    rejected = Body.of("lora-specialist").set("metadata.namespace", "a").set("metadata.name", "x")
+    rejected.set("metadata.generation", 1).set("status", status)
+    controller = Controller(api=cast(Any, None), settings=cast(Any, None), post_event=print)
+    view = View(policies={}, suites={}, descendants={}, jobs={})
+    # Never looked at: an event handler has it coming.
+    assert not controller.sweep_due("a", "x", 20.0)
+    controller.reconcile(rejected.manifest, view)
+    assert not controller.sweep_due("a", "x", 20.0), "just looked at"
+    assert controller.sweep_due("a", "x", 0.0)
+    assert not controller.sweep_due("a", "y", 0.0)

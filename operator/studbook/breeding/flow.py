@@ -9,6 +9,7 @@ deterministic Job names make creating an existing Job a no-op.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,19 @@ STEP_PHASE = {"breed": "Breeding", "evaluate": "Evaluating", "sign": "Signing"}
 
 BACKOFF_BASE = timedelta(seconds=10)
 """Delay before the second attempt of a failed step; it doubles with every further attempt."""
+
+
+def job_name(descendant: str, step: Step, attempt: int) -> str:
+    """A stable, DNS-safe name for a descendant's Job: the same inputs give the same name.
+
+    Level-based reconciliation relies on this: creating a Job that exists already is a no-op, so
+    a restarted operator never makes a duplicate.
+    """
+    name = f"{descendant}-{step}-{attempt}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{descendant[: 63 - len(step) - len(str(attempt)) - 11]}-{digest}-{step}-{attempt}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class Observed:
     generation: int
     status: DescendantStatus
     now: datetime
+    name: str = field(kw_only=True)
+    """The Descendant's name, which its Jobs' names start with."""
     missing: tuple[tuple[str, str], ...] = ()
     """References that do not resolve yet (policy, suite, parents): reason and message."""
     decision: Decision | None = None
@@ -207,6 +223,38 @@ def _job_refs(o: Observed) -> list[JobRef]:
     ]
 
 
+def _why(job: JobObservation) -> str:
+    """Why a finished Job did not complete its step."""
+    if job.phase == "Succeeded":
+        return f"the Job succeeded but left no {job.step} result in the artifact store"
+    return job.reason or "the Job failed"
+
+
+def _created(b: _Builder, step: Step, attempt: int) -> None:
+    """The status of a step whose Job exists, or is being created, but runs no pod yet.
+
+    It is the same whether the Job was just asked for or is already observed: seeing our own new
+    Job is no transition, so it costs no status patch and no event.
+    """
+    previous = b.observed.jobs.get((step, attempt - 1))
+    message = f"{step} attempt {attempt} created"
+    if previous is not None:
+        message += f" after: {_why(previous)}"
+    b.condition(STEP_CONDITION[step], None, reasons.JOB_CREATED, message)
+    b.phase(STEP_PHASE[step], message)
+
+
+def _create(b: _Builder, step: Step, attempt: int) -> None:
+    """Ask for a step's Job, and list it in status already, as the Job it will be."""
+    b.create.append((step, attempt))
+    name = job_name(b.observed.name, step, attempt)
+    ref = JobRef(name=name, purpose=step, attempt=attempt, phase="Pending")
+    b.update(jobs=[*b.status.jobs, ref])
+    if step == "breed":
+        b.update(attempts=attempt)
+    _created(b, step, attempt)
+
+
 def _step(b: _Builder, step: Step, done: bool) -> bool:
     """Drive one step; whether it is done."""
     o = b.observed
@@ -215,18 +263,17 @@ def _step(b: _Builder, step: Step, done: bool) -> bool:
         return True
     attempts = sorted(a for s, a in o.jobs if s == step)
     if not attempts:
-        b.create.append((step, 1))
-        b.condition(cond, None, reasons.JOB_CREATED, f"{step} attempt 1 started")
-        b.phase(STEP_PHASE[step], f"{step} attempt 1 started")
+        _create(b, step, 1)
         return False
     latest = o.jobs[(step, attempts[-1])]
-    if latest.phase in ("Pending", "Running"):
-        b.condition(cond, None, reasons.JOB_RUNNING, f"{step} attempt {latest.attempt} running")
-        b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt} {latest.phase.lower()}")
+    if latest.phase == "Pending":
+        _created(b, step, latest.attempt)
         return False
-    why = latest.reason or "the Job failed"
-    if latest.phase == "Succeeded":
-        why = f"the Job succeeded but left no {step} result in the artifact store"
+    if latest.phase == "Running":
+        b.condition(cond, None, reasons.JOB_RUNNING, f"{step} attempt {latest.attempt} running")
+        b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt} running")
+        return False
+    why = _why(latest)
     if latest.attempt >= o.max_attempts:
         b.condition(cond, False, reasons.RETRIES_EXHAUSTED, why)
         b.condition(reasons.READY, False, reasons.JOB_FAILED, f"{step} failed")
@@ -234,9 +281,7 @@ def _step(b: _Builder, step: Step, done: bool) -> bool:
         return False
     due = (latest.finished_at or o.now) + backoff(latest.attempt)
     if o.now >= due:
-        b.create.append((step, latest.attempt + 1))
-        b.condition(cond, None, reasons.JOB_FAILED, f"attempt {latest.attempt} failed: {why}")
-        b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt + 1} started after: {why}")
+        _create(b, step, latest.attempt + 1)
     else:
         b.condition(cond, None, reasons.JOB_FAILED, f"attempt {latest.attempt} failed: {why}")
         b.requeue = (due - o.now).total_seconds()

@@ -44,7 +44,7 @@ from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, typed
 from studbook.k8s import jobs as builders
-from studbook.k8s.client import config_map_value, create_if_absent, discard, patch_status
+from studbook.k8s.client import config_map_value, create, create_if_absent, patch_status
 from studbook.local.steps import parent_facts, step_results
 
 log = logging.getLogger("studbook.descendants")
@@ -69,7 +69,7 @@ class Controller:
     _counted: set[str] = field(default_factory=set)
     _written: dict[str, str] = field(default_factory=dict)
     _fenced: set[str] = field(default_factory=set)
-    _reconciled_at: dict[str, float] = field(default_factory=dict)
+    _looked_at: dict[str, float] = field(default_factory=dict)
 
     def reconcile(self, body: dict[str, Any], view: View, echo: bool = False) -> Plan | None:
         """Bring one Descendant a step further; returns the plan carried out.
@@ -84,6 +84,7 @@ class Controller:
         started = time.perf_counter()
         # Events and timers of one object may overlap; one reconciliation at a time each.
         with self._locks[key]:
+            self._looked_at[key] = time.monotonic()
             try:
                 plan = self._reconcile(body, view)
             except Exception:
@@ -94,13 +95,18 @@ class Controller:
                     time.perf_counter() - started
                 )
         metrics.RECONCILES.labels("Descendant", "ok").inc()
-        self._reconciled_at[key] = time.monotonic()
         return plan
 
-    def reconciled_within(self, namespace: str, name: str, seconds: float) -> bool:
-        """Whether a Descendant was reconciled, without an error, in the last ``seconds``."""
-        last = self._reconciled_at.get(f"{namespace}/{name}")
-        return last is not None and time.monotonic() - last < seconds
+    def sweep_due(self, namespace: str, name: str, interval: float) -> bool:
+        """Whether a sweep should look at a Descendant: one was looked at, but not lately.
+
+        One never looked at is still on its way through the event handlers (kopf hands every
+        listed object to them); sweeping it meanwhile would race them, from an older body, and
+        repeat their status patch and event. One looked at within ``interval``, for example by
+        an event, waits for the next sweep.
+        """
+        last = self._looked_at.get(f"{namespace}/{name}")
+        return last is not None and time.monotonic() - last >= interval
 
     # -- observing ------------------------------------------------------------------------
 
@@ -135,7 +141,8 @@ class Controller:
         namespace = descendant.metadata.namespace or "default"
         now = datetime.now(UTC)
         generation = descendant.metadata.generation or 1
-        base = Observed(generation=generation, status=status, now=now)
+        name = descendant.metadata.name
+        base = Observed(generation=generation, status=status, now=now, name=name)
         if status.phase in ("Ready", "Failed", "Rejected"):
             return base
         policy = view.policy(namespace, spec.policy_ref.name)
@@ -148,23 +155,27 @@ class Controller:
                 (reasons.SUITE_NOT_FOUND, f"suite {spec.evaluation_suite_ref.name!r} not found")
             )
         if policy is None:
-            return Observed(generation, status, now, missing=tuple(missing))
+            return Observed(generation, status, now, name=name, missing=tuple(missing))
         decision = self.admission(namespace, spec, policy, view)
         missing += [
-            (reasons.PARENT_NOT_FOUND, f"parent {name!r} not found") for name in decision.missing
+            (reasons.PARENT_NOT_FOUND, f"parent {parent!r} not found")
+            for parent in decision.missing
         ]
         if missing or decision.refusals:
-            return Observed(generation, status, now, missing=tuple(missing), decision=decision)
-        jobs = self._jobs(namespace, view.jobs_of(namespace, descendant.metadata.name))
+            return Observed(
+                generation, status, now, name=name, missing=tuple(missing), decision=decision
+            )
+        jobs = self._jobs(namespace, view.jobs_of(namespace, name))
         breed, evaluate, sign = step_results(
             self.settings.store,
             namespace,
-            descendant.metadata.name,
+            name,
             jobs,
             policy.spec.evaluation_gates,
             self._store_uri,
         )
         return Observed(
+            name=name,
             generation=generation,
             status=status,
             now=now,
@@ -247,19 +258,15 @@ class Controller:
     ) -> JobObservation:
         st = job.get("status") or {}
         conditions = {c["type"]: c for c in st.get("conditions") or [] if c["status"] == "True"}
-        phase: Any = "Pending"
+        phase = builders.job_phase(job)
         reason = None
         name = job["metadata"]["name"]
-        if "Complete" in conditions:
-            phase = "Succeeded"
-        elif "Failed" in conditions:
-            phase = "Failed"
+        if phase == "Failed":
             failed = conditions["Failed"]
             reason = f"{failed.get('reason')}: {failed.get('message')}"
             reason = self._termination(namespace, name) or reason
-        elif st.get("active"):
-            phase = "Running"
-        started = _time(st.get("startTime"))
+        # A queued Job has a startTime too; its ref says when it ran, so it stays as created.
+        started = None if phase == "Pending" else _time(st.get("startTime"))
         finished = _time(st.get("completionTime")) or _time(
             conditions.get("Failed", {}).get("lastTransitionTime")
         )
@@ -415,6 +422,8 @@ class EventPoster:
         meta = body["metadata"]
         now = datetime.now(UTC)
         record: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {
                 "generateName": f"{meta['name']}.",
                 "namespace": meta["namespace"],
@@ -435,11 +444,7 @@ class EventPoster:
             "count": 1,
         }
         try:
-            discard(
-                client.CoreV1Api(self.api).create_namespaced_event(
-                    meta["namespace"], record, _preload_content=False
-                )
-            )
+            create(self.api, record)
         except ApiException as error:  # an event is a courtesy, never a reason to fail
             log.warning("event %s for %s not posted: %s", event.reason, meta["name"], error.reason)
 
@@ -477,9 +482,9 @@ class Sweeper:
     def sweep(self, view: View) -> None:
         """Reconcile every unfinished Descendant of the view where this replica may act.
 
-        ``acting`` picks those namespaces when replicas peer; by default, all of them. One that
-        an event had reconciled within the interval is left to the next sweep: in a burst, the
-        event handlers are already at it, and sweeping it too would only repeat their writes.
+        ``acting`` picks those namespaces when replicas peer; by default, all of them. Only
+        those ``Controller.sweep_due`` names: in a burst, the event handlers are at the rest
+        already, and sweeping them too would only repeat their writes.
         """
         entries = list(view.descendants.items())
         namespaces: Collection[str] = {key[0] for key, _ in entries}
@@ -496,7 +501,7 @@ class Sweeper:
                 if (body.get("status") or {}).get("phase") in TERMINAL:
                     continue
                 name = body["metadata"]["name"]
-                if self.controller.reconciled_within(namespace, name, self.interval):
+                if not self.controller.sweep_due(namespace, name, self.interval):
                     continue
                 try:
                     self.controller.reconcile(body, view)

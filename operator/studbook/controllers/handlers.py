@@ -26,7 +26,7 @@ from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget, indexed, indexed_job
 from studbook.k8s.client import get_object, patch_status
-from studbook.k8s.jobs import LABEL_DESCENDANT
+from studbook.k8s.jobs import LABEL_DESCENDANT, job_phase
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
 Indexed = dict[tuple[str, str], dict[str, Any]]
@@ -206,8 +206,13 @@ def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwarg
 def job_event(
     type: str | None, body: kopf.Body, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    """A Job of a Descendant changed: look at its owner now rather than at the next tick."""
-    if type == "DELETED":
+    """A Job of a Descendant changed: look at its owner now rather than at the next tick.
+
+    Not while the Job runs no pod: its owner's status has said so since the Job was created
+    (the flow lists a Job as it asks for it), so a reconcile would only repeat that status,
+    from a body that may not show it yet. The sweeper still looks at such Descendants.
+    """
+    if type == "DELETED" or job_phase(dict(body)) == "Pending":
         return
     view = _view(kwargs)
     owner = view.descendant_body(body["metadata"]["namespace"], labels[LABEL_DESCENDANT])

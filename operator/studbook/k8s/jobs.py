@@ -8,12 +8,12 @@ Descendant removes its Jobs (never the sealed artifact, which lives in the store
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from studbook import GROUP
 from studbook.api.descendant import Descendant
+from studbook.breeding.flow import job_name
 
 Purpose = Literal["breed", "evaluate", "sign"]
 Body = dict[str, Any]
@@ -59,19 +59,22 @@ class JobSettings:
     """Environment given to every container."""
 
 
-def object_name(descendant: str, purpose: Purpose, attempt: int) -> str:
-    """A stable, DNS-safe name for a descendant's Job: the same inputs give the same name.
+JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
-    Level-based reconciliation relies on this: creating a Job that exists already is a no-op, so
-    a restarted operator never makes a duplicate.
+
+def job_phase(job: Body) -> JobPhase:
+    """Where a Job is: finished by its conditions, Running once a pod of it is ready.
+
+    Pending covers everything before, including a pod that exists but waits for a GPU or an
+    image: ``status.active`` counts those pods too, so it would call a queued Job running.
     """
-    name = f"{descendant}-{purpose}-{attempt}"
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return (
-        f"{descendant[: 63 - len(purpose) - len(str(attempt)) - 11]}-{digest}-{purpose}-{attempt}"
-    )
+    status = job.get("status") or {}
+    done = {c["type"] for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Complete" in done:
+        return "Succeeded"
+    if "Failed" in done:
+        return "Failed"
+    return "Running" if status.get("ready") else "Pending"
 
 
 def owner_reference(owner: Descendant) -> Body:
@@ -118,7 +121,7 @@ def job(
     The task travels in the pod's annotation and reaches the container as a file through the
     downward API: one object per step, nothing to clean up beside it.
     """
-    name = object_name(owner.metadata.name, purpose, attempt)
+    name = job_name(owner.metadata.name, purpose, attempt)
     resources = owner.spec.resources
     labels = _labels(owner, purpose, attempt)
     node_selector = dict(resources.node_selector or {})

@@ -29,9 +29,8 @@ from studbook.artifacts import Store, TrustedKey, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
 from studbook.breeding.admission import ParentFacts, admit
-from studbook.breeding.flow import TERMINAL, JobObservation, Observed, Step, reconcile
+from studbook.breeding.flow import TERMINAL, JobObservation, Observed, Step, job_name, reconcile
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
-from studbook.k8s.jobs import object_name
 from studbook.local.manifests import Manifests, order
 from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results
 
@@ -264,6 +263,7 @@ class LocalBreeder:
             )
             plan = reconcile(
                 Observed(
+                    name=name,
                     generation=1,
                     status=status,
                     now=datetime.now(UTC),
@@ -305,7 +305,7 @@ class LocalBreeder:
                         local, breed.artifact.id, str(evaluate.scorecard.uri), store, attempt
                     )
                 task_path.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
-                run = object_name(name, step, attempt)
+                run = job_name(name, step, attempt)
                 jobs[(step, attempt)] = self._run(step, attempt, run, task_path, runs)
         self.workspace.record(name, inputs, status)
         self.progress(name, status.phase + (f": {status.message}" if status.message else ""))
