@@ -12,6 +12,7 @@ import pytest
 from tests.builders import Body
 from typer.testing import CliRunner
 
+from studbook import metrics
 from studbook.api.descendant import DescendantStatus
 from studbook.cli import app
 from studbook.controllers import peering
@@ -124,16 +125,31 @@ def test_the_sweeper_looks_only_at_what_is_due() -> None:
     assert _sweep(None, due={"y"}) == ["y"]
 
 
+def _counted(phase: str) -> float:
+    return sum(
+        sample.value
+        for family in metrics.POPULATION.collect()
+        for sample in family.samples
+        if sample.labels["phase"] == phase
+    )
+
+
 def test_a_descendant_is_due_for_a_sweep_once_looked_at_and_not_lately() -> None:
     # A Descendant whose status is final and up to date: reconciling it writes nothing.
     status = DescendantStatus(phase="Rejected", observed_generation=1).to_wire()
     rejected = Body.of("lora-specialist").set("metadata.namespace", "a").set("metadata.name", "x")
-    rejected.set("metadata.generation", 1).set("status", status)
+    rejected.set("metadata.generation", 1).set("metadata.uid", "uid-of-x").set("status", status)
     controller = Controller(api=cast(Any, None), settings=cast(Any, None), post_event=print)
     view = View(policies={}, suites={}, descendants={}, jobs={})
+    before = _counted("Rejected")
     # Never looked at: an event handler has it coming.
     assert not controller.sweep_due("a", "x", 20.0)
     controller.reconcile(rejected.manifest, view)
     assert not controller.sweep_due("a", "x", 20.0), "just looked at"
     assert controller.sweep_due("a", "x", 0.0)
     assert not controller.sweep_due("a", "y", 0.0)
+    # Not parsed, yet counted (once): an operator start lists every finished Descendant.
+    rejected.set("spec", {"not": "a spec"})
+    controller.reconcile(rejected.manifest, view)
+    assert _counted("Rejected") == before + 1
+    metrics.POPULATION.forget("uid-of-x")

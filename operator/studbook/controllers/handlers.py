@@ -7,6 +7,7 @@ nothing into ``status.<handler>``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable
@@ -68,6 +69,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     # Reconciling mostly waits on the API server; enough threads keep new Descendants moving.
     settings.execution.max_workers = 32
+    memo.executor = settings.execution.executor
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         api = client.ApiClient()
@@ -96,28 +98,32 @@ def _controller(memo: kopf.Memo) -> Controller:
 
 
 # -- indexes: kopf keeps them current from its watch streams; reconciling reads only these ----
+# Coroutines, though they never wait: kopf runs a plain function in its thread pool, behind the
+# reconciles that wait there on the API server, so every watch event would queue for a thread.
 
 
 @kopf.index(GROUP, VERSION, BreedingPolicy.crd.plural)
-def policy_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+async def policy_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
     """Policies by (namespace, name)."""
     return {(str(namespace), name): indexed(dict(body))}
 
 
 @kopf.index(GROUP, VERSION, EvaluationSuite.crd.plural)
-def suite_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+async def suite_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
     """Suites by (namespace, name)."""
     return {(str(namespace), name): indexed(dict(body))}
 
 
 @kopf.index(*DESCENDANTS)
-def descendant_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+async def descendant_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
     """Descendants by (namespace, name)."""
     return {(str(namespace), name): indexed(dict(body))}
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_DESCENDANT: kopf.PRESENT})
-def job_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Indexed:
+async def job_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> Indexed:
     """Jobs by (namespace, owning Descendant), as far as reconciling reads them."""
     return {(str(namespace), labels[LABEL_DESCENDANT]): indexed_job(dict(body))}
 
@@ -190,20 +196,34 @@ def validate_descendant(
 # -- reconciliation ------------------------------------------------------------------------
 
 
+# The event handlers are coroutines that decide in kopf's event loop whether an event needs a
+# reconcile at all, and only then hand it to kopf's thread pool, where reconciling waits on the
+# API server: most events (our own status patches, Jobs still queued) need none.
+
+
+async def _reconcile(memo: kopf.Memo, body: dict[str, Any], view: View) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(memo.executor, _controller(memo).reconcile, body, view)
+
+
 @kopf.on.event(*DESCENDANTS)
-def descendant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Every change of a Descendant (our own status patches included) is looked at once."""
+async def descendant_event(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Every change of a Descendant is looked at once, but for our own status patches."""
     if type == "DELETED":
         metrics.POPULATION.forget(str(body["metadata"].get("uid")))
         forget(str(body["metadata"].get("uid")))
         return
     view = _view(kwargs)
     memo.sweeper.view = view
-    _controller(memo).reconcile(dict(body), view, echo=True)
+    descendant = dict(body)
+    if not _controller(memo).echoes(descendant):
+        await _reconcile(memo, descendant, view)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_DESCENDANT: kopf.PRESENT})
-def job_event(
+async def job_event(
     type: str | None, body: kopf.Body, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     """A Job of a Descendant changed: look at its owner now rather than at the next tick.
@@ -217,7 +237,7 @@ def job_event(
     view = _view(kwargs)
     owner = view.descendant_body(body["metadata"]["namespace"], labels[LABEL_DESCENDANT])
     if owner is not None:
-        _controller(memo).reconcile(owner, view)
+        await _reconcile(memo, owner, view)
 
 
 @kopf.on.event(GROUP, VERSION, BreedingPolicy.crd.plural)
