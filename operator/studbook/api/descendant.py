@@ -272,16 +272,22 @@ class ResourceProfile(ApiModel):
     """GPU hours spent breeding and evaluating."""
 
 
+Step = Literal["breed", "evaluate", "sign"]
+"""The steps a Descendant's Jobs run, in order."""
+JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+"""Where a Job is: Running once a pod of it is ready, Pending before."""
+
+
 class JobRef(ApiModel):
     """One Kubernetes Job the descendant ran."""
 
     name: Name
     """The Job's name."""
-    purpose: Literal["breed", "evaluate", "sign"]
+    purpose: Step
     """Which step it runs."""
     attempt: Annotated[int, Field(ge=1)]
     """The attempt number of that step."""
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    phase: JobPhase
     """The Job's outcome so far."""
     started_at: datetime | None = None
     """When it started."""

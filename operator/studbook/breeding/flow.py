@@ -20,15 +20,16 @@ from studbook.api.common import ConditionStatus
 from studbook.api.descendant import (
     ArtifactStatus,
     DescendantStatus,
+    JobPhase,
     JobRef,
     LineageStatus,
     ResourceProfile,
     ScorecardSummary,
+    Step,
 )
 from studbook.breeding.admission import Decision
 from studbook.breeding.conditions import set_condition
 
-Step = Literal["breed", "evaluate", "sign"]
 STEPS: tuple[Step, ...] = ("breed", "evaluate", "sign")
 STEP_CONDITION: dict[Step, str] = {
     "breed": reasons.BRED,
@@ -61,7 +62,7 @@ class JobObservation:
     step: Step
     attempt: int
     name: str
-    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    phase: JobPhase
     reason: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from studbook import metrics
 from studbook.api import reasons
-from studbook.api.descendant import Descendant, DescendantSpec, DescendantStatus
+from studbook.api.descendant import Descendant, DescendantSpec, DescendantStatus, Step
 from studbook.api.policy import BreedingPolicy
 from studbook.api.task import (
     ParentArtifact,
@@ -37,7 +37,6 @@ from studbook.breeding.flow import (
     JobObservation,
     Observed,
     Plan,
-    Step,
     reconcile,
 )
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task

@@ -9,13 +9,12 @@ Descendant removes its Jobs (never the sealed artifact, which lives in the store
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from studbook import GROUP
-from studbook.api.descendant import Descendant
+from studbook.api.descendant import Descendant, JobPhase, Step
 from studbook.breeding.flow import job_name
 
-Purpose = Literal["breed", "evaluate", "sign"]
 Body = dict[str, Any]
 
 LABEL_DESCENDANT = f"{GROUP}/descendant"
@@ -29,7 +28,7 @@ TASK_MOUNT = "/etc/studbook/task"
 NON_ROOT_UID = 65532
 SIGNING_MOUNT = "/etc/studbook/signing"
 
-COMMANDS: dict[Purpose, tuple[str, ...]] = {
+COMMANDS: dict[Step, tuple[str, ...]] = {
     "breed": ("python", "-m", "studbook_trainer", "run"),
     "evaluate": ("python", "-m", "studbook_trainer", "evaluate"),
     "sign": ("python", "-m", "studbook", "sign-task"),
@@ -59,9 +58,6 @@ class JobSettings:
     """Environment given to every container."""
 
 
-JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
-
-
 def job_phase(job: Body) -> JobPhase:
     """Where a Job is: finished by its conditions, Running once a pod of it is ready.
 
@@ -89,7 +85,7 @@ def owner_reference(owner: Descendant) -> Body:
     }
 
 
-def _labels(owner: Descendant, purpose: Purpose, attempt: int) -> dict[str, str]:
+def _labels(owner: Descendant, purpose: Step, attempt: int) -> dict[str, str]:
     labels = {
         "app.kubernetes.io/managed-by": "studbook",
         "app.kubernetes.io/component": f"{purpose}",
@@ -102,7 +98,7 @@ def _labels(owner: Descendant, purpose: Purpose, attempt: int) -> dict[str, str]
     return labels
 
 
-def _resources(owner: Descendant, purpose: Purpose) -> Body:
+def _resources(owner: Descendant, purpose: Step) -> Body:
     spec = owner.spec.resources
     amounts: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory}
     if spec.ephemeral_storage:
@@ -114,7 +110,7 @@ def _resources(owner: Descendant, purpose: Purpose) -> Body:
 
 
 def job(
-    owner: Descendant, purpose: Purpose, attempt: int, settings: JobSettings, task_json: str
+    owner: Descendant, purpose: Step, attempt: int, settings: JobSettings, task_json: str
 ) -> Body:
     """The Job that runs one step (breed, evaluate or sign) of a descendant.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from studbook.api.canonical import digest_of
-from studbook.api.descendant import Descendant, DescendantStatus
+from studbook.api.descendant import Descendant, DescendantStatus, Step
 from studbook.api.policy import BreedingPolicy
 from studbook.api.suite import EvaluationSuite
 from studbook.api.task import ParentArtifact
@@ -29,7 +29,7 @@ from studbook.artifacts import Store, TrustedKey, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
 from studbook.breeding.admission import ParentFacts, admit
-from studbook.breeding.flow import TERMINAL, JobObservation, Observed, Step, job_name, reconcile
+from studbook.breeding.flow import TERMINAL, JobObservation, Observed, job_name, reconcile
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.local.manifests import Manifests, order
 from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results

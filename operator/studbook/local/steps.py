@@ -17,7 +17,7 @@ import fsspec
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ValidationError
 
-from studbook.api.descendant import Descendant, DescendantStatus
+from studbook.api.descendant import Descendant, DescendantStatus, Step
 from studbook.api.policy import EvaluationGates
 from studbook.api.scorecard import Scorecard
 from studbook.api.task import (
@@ -37,7 +37,6 @@ from studbook.breeding.flow import (
     EvaluateResult,
     JobObservation,
     SignResult,
-    Step,
 )
 from studbook.breeding.gates import evaluation_gate
 
