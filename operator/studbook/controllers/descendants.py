@@ -79,6 +79,19 @@ class Controller:
         written = self._written.get(f"{meta['namespace']}/{meta['name']}")
         return written is not None and written == meta.get("resourceVersion")
 
+    def counted(self, body: dict[str, Any]) -> bool:
+        """Whether a Descendant is :func:`finished`; if so, it is counted in the population.
+
+        Counting is all that reconciling it would do.
+        """
+        if not finished(body):
+            return False
+        status = body["status"]
+        metrics.POPULATION.observe(
+            str(body["metadata"].get("uid")), status["phase"], status.get("stage")
+        )
+        return True
+
     def reconcile(self, body: dict[str, Any], view: View) -> Plan | None:
         """Bring one Descendant a step further; returns the plan carried out."""
         meta = body["metadata"]
@@ -116,11 +129,9 @@ class Controller:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         current_status = body.get("status") or {}
-        phase = current_status.get("phase")
-        if phase in TERMINAL and current_status.get("observedGeneration") == meta.get("generation"):
-            # Finished and up to date: the flow would return this status as it is. Parsing it
-            # would cost more than all the rest, for each one an operator start lists.
-            metrics.POPULATION.observe(str(meta.get("uid")), phase, current_status.get("stage"))
+        if self.counted(body):
+            # The flow would return this status as it is. Parsing it would cost more than all
+            # the rest, for each one an operator start lists.
             return None
         try:
             descendant = typed(Descendant, body)
@@ -397,6 +408,16 @@ class Controller:
             except ApiException as error:
                 if error.status != 404:  # deleted meanwhile
                     raise
+
+
+def finished(body: dict[str, Any]) -> bool:
+    """Whether a Descendant's body is terminal and its status is of its current spec.
+
+    Then nothing about it changes any more, whatever its Jobs do.
+    """
+    status = body.get("status") or {}
+    current = status.get("observedGeneration") == body["metadata"].get("generation")
+    return current and status.get("phase") in TERMINAL
 
 
 def _parent_artifact(parent: Descendant | None) -> ParentArtifact:

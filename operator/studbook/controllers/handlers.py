@@ -14,24 +14,27 @@ from collections.abc import Iterable
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 from pydantic import ValidationError
 
 from studbook import GROUP, VERSION, metrics
 from studbook.api.descendant import Descendant, DescendantSpec
 from studbook.api.policy import BreedingPolicy
 from studbook.api.suite import EvaluationSuite
-from studbook.controllers.descendants import Controller, EventPoster, Sweeper
+from studbook.controllers.descendants import Controller, EventPoster, Sweeper, finished
 from studbook.controllers.peering import PeeringGate
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget, indexed, indexed_job
-from studbook.k8s.client import get_object, patch_status
+from studbook.k8s.client import api_client, get_object, patch_status
 from studbook.k8s.jobs import LABEL_DESCENDANT, job_phase
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
 Indexed = dict[tuple[str, str], dict[str, Any]]
 log = logging.getLogger("studbook.admission")
+WORKERS = 32
+"""Threads that reconcile. Reconciling mostly waits on the API server; enough threads keep new
+Descendants moving."""
 TIMER_INTERVAL = 20.0
 """Seconds between sweeps over unfinished Descendants: backoff expiries need no event. One
 sweeper for all, rather than a kopf timer per object, keeps memory flat as the population grows."""
@@ -67,14 +70,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
-    # Reconciling mostly waits on the API server; enough threads keep new Descendants moving.
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = WORKERS
     memo.executor = settings.execution.executor
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        api = client.ApiClient()
-    except config.ConfigException:
-        api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    # One connection for each thread that may call at once: the workers, the sweeper, and kopf's
+    # event loop (the webhook, the peering gate).
+    api = api_client(connections=WORKERS + 2)
     memo.controller = Controller(
         api=api, settings=OperatorSettings.from_env(), post_event=EventPoster(api)
     )
@@ -218,7 +218,9 @@ async def descendant_event(
     view = _view(kwargs)
     memo.sweeper.view = view
     descendant = dict(body)
-    if not _controller(memo).echoes(descendant):
+    controller = _controller(memo)
+    # Decided here, not in a thread: an operator start lists every finished Descendant.
+    if not controller.echoes(descendant) and not controller.counted(descendant):
         await _reconcile(memo, descendant, view)
 
 
@@ -230,13 +232,14 @@ async def job_event(
 
     Not while the Job runs no pod: its owner's status has said so since the Job was created
     (the flow lists a Job as it asks for it), so a reconcile would only repeat that status,
-    from a body that may not show it yet. The sweeper still looks at such Descendants.
+    from a body that may not show it yet. The sweeper still looks at such Descendants. Nor when
+    its owner has finished: the Jobs of every finished Descendant come by at an operator start.
     """
     if type == "DELETED" or job_phase(dict(body)) == "Pending":
         return
     view = _view(kwargs)
     owner = view.descendant_body(body["metadata"]["namespace"], labels[LABEL_DESCENDANT])
-    if owner is not None:
+    if owner is not None and not finished(owner):
         await _reconcile(memo, owner, view)
 
 

@@ -8,13 +8,30 @@ from typing import Any, TypeVar, cast
 # Imported with this module, not on first use as the client would: its API modules take about
 # two seconds to load, CoreV1Api's most, and every reconciling thread that needs one meanwhile
 # waits on the import lock. The operator's first Descendants would pay that wait.
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes import config
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from studbook import GROUP, VERSION
 from studbook.api.resource import Resource
 
 R = TypeVar("R", bound=Resource)
+
+
+def api_client(connections: int) -> ApiClient:
+    """A client of the cluster this runs in, or else of the kubeconfig's current context.
+
+    It keeps up to ``connections`` connections open: size it to the threads that call at once.
+    urllib3 closes a connection that comes back to a full pool, so with fewer every busy thread
+    would open a new one, and pay a TLS handshake on both ends for each request.
+    """
+    configuration = Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = connections
+    return ApiClient(configuration)
 
 
 def get_object(
@@ -47,28 +64,43 @@ COLLECTIONS = {
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
 }
 """Where ``create`` posts each kind it knows."""
+JSON_PATCH = "application/json-patch+json"
 
 
-def create(api: ApiClient, body: dict[str, Any]) -> None:
-    """Create a namespaced object from its plain body; raises ``ApiException`` on refusal.
+def _send(
+    api: ApiClient,
+    method: str,
+    path: str,
+    params: dict[str, str],
+    body: Any,
+    content_type: str = "application/json",
+) -> bytes:
+    """One request with a plain JSON body; the response's body, unparsed.
 
-    The body goes out as JSON, the response is read and dropped. The client's typed methods
-    would first validate the body into its models and serialize them back, then parse the
-    response into them again: for a Job, more of the operator's CPU than the request itself.
+    The client's typed methods would first validate the body into its models and serialize it
+    back, then parse the response into them again: for a Job, more of the operator's CPU than
+    the request itself. Raises ``ApiException`` on refusal.
     """
-    path = COLLECTIONS[body["kind"]]
     request = api.param_serialize(
-        method="POST",
+        method=method,
         resource_path=path,
-        path_params={"namespace": body["metadata"]["namespace"]},
-        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        path_params=params,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
         body=body,
         auth_settings=["BearerToken"],
     )
     response = api.call_api(*request)
-    response.read()  # type: ignore[no-untyped-call]
+    data = response.read()  # type: ignore[no-untyped-call]
     if not 200 <= response.status <= 299:
         raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return cast(bytes, data)
+
+
+def create(api: ApiClient, body: dict[str, Any]) -> None:
+    """Create a namespaced object from its plain body; raises ``ApiException`` on refusal."""
+    _send(
+        api, "POST", COLLECTIONS[body["kind"]], {"namespace": body["metadata"]["namespace"]}, body
+    )
 
 
 def create_if_absent(api: ApiClient, body: dict[str, Any]) -> bool:
@@ -86,19 +118,11 @@ def patch_status(
     api: ApiClient, cls: type[Resource], namespace: str, name: str, status: dict[str, Any]
 ) -> str:
     """Replace the ``status`` of a Studbook resource; return the new ``resourceVersion``."""
-    objects = CustomObjectsApi(api)
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{cls.crd.plural}/{{name}}/status"
     # A JSON patch replaces status whole, so fields the new status drops go too.
     patch = [{"op": "add", "path": "/status", "value": status}]
-    patched = objects.patch_namespaced_custom_object_status(
-        GROUP,
-        VERSION,
-        namespace,
-        cls.crd.plural,
-        name,
-        patch,
-        _content_type="application/json-patch+json",
-    )
-    return str(cast(dict[str, Any], patched)["metadata"]["resourceVersion"])
+    patched = _send(api, "PATCH", path, {"namespace": namespace, "name": name}, patch, JSON_PATCH)
+    return str(json.loads(patched)["metadata"]["resourceVersion"])
 
 
 def config_map_value(api: ApiClient, namespace: str, name: str, key: str) -> str | None:
