@@ -1,36 +1,43 @@
 """The admission webhook against the real control plane: the API server calls the operator.
 
 The API server denies a Descendant the policy refuses, with admission's reasons, and creates
-one the policy allows even though its parent does not exist yet.
+one the policy allows even though its parent does not exist yet; a replica paused by its peering
+judges the same, from the API server instead of its stale indexes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from studbook import GROUP, VERSION
+from studbook.controllers.peering import MAX_PRIORITY, PAUSED
 from studbook.controllers.webhook import CONFIGURATION
 from tests.builders import Body
 from tests.cluster.controlplane import free_port
-from tests.operator_fixtures import OperatorProcess, apply, wait_for
+from tests.cluster.fixtures import apply_crds
+from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for
 
 pytestmark = pytest.mark.cluster
 
+PEERING = "studbook"
+PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
 
-@pytest.fixture
-def webhook_operator(
-    kube: client.ApiClient, idle_operator: OperatorProcess
+
+def _serving_webhook(
+    kube: client.ApiClient, operator: OperatorProcess
 ) -> Iterator[OperatorProcess]:
     """The operator serving the webhook on 127.0.0.1; its configuration removed afterwards."""
-    idle_operator.extra_args += ["--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1"]
-    idle_operator.start()
-    yield idle_operator
-    idle_operator.stop()
+    operator.extra_args += ["--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1"]
+    operator.start()
+    yield operator
+    operator.stop()
     # A killed operator leaves its webhook behind; later tests of this cluster must not meet it.
     try:
         client.AdmissionregistrationV1Api(kube).delete_validating_webhook_configuration(
@@ -39,6 +46,51 @@ def webhook_operator(
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+@pytest.fixture
+def webhook_operator(
+    kube: client.ApiClient, idle_operator: OperatorProcess
+) -> Iterator[OperatorProcess]:
+    """The operator serving the webhook."""
+    yield from _serving_webhook(kube, idle_operator)
+
+
+@pytest.fixture
+def paused_webhook_operator(
+    kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess
+) -> Iterator[OperatorProcess]:
+    """The operator serving the webhook, peered and then paused by a peer that outranks it and
+    never leaves."""
+    apply_crds(kube, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
+    objects = client.CustomObjectsApi(kube)
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
+    objects.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
+    idle_operator.extra_args += ["--peering", PEERING, "--priority", "1"]
+    for operator in _serving_webhook(kube, idle_operator):
+        # Held once the operator is up and serving, as a peer arriving later would.
+        wait_for(lambda: _configured(kube), what="the webhook configured", log=idle_operator.log)
+        holder = {
+            "priority": MAX_PRIORITY,
+            "lifetime": 900,
+            "lastseen": datetime.now(UTC).isoformat(),
+        }
+        objects.patch_namespaced_custom_object(
+            "kopf.dev", "v1", namespace, "kopfpeerings", PEERING, {"status": {"holder": holder}}
+        )
+        wait_for(
+            lambda: PAUSED in idle_operator.log.read_text(), what="paused", log=idle_operator.log
+        )
+        yield operator
+
+
+def _configured(kube: client.ApiClient) -> bool:
+    return any(
+        c.metadata.name == CONFIGURATION and c.webhooks
+        for c in client.AdmissionregistrationV1Api(kube)
+        .list_validating_webhook_configuration()
+        .items
+    )
 
 
 def _lora(name: str, rank: int = 8) -> dict[str, Any]:
@@ -67,15 +119,7 @@ def test_the_api_server_denies_what_the_policy_refuses(
         what="the policy indexed",
         log=webhook_operator.log,
     )
-    admission = client.AdmissionregistrationV1Api(kube)
-    wait_for(
-        lambda: any(
-            c.metadata.name == CONFIGURATION and c.webhooks
-            for c in admission.list_validating_webhook_configuration().items
-        ),
-        what="the webhook configured",
-        log=webhook_operator.log,
-    )
+    wait_for(lambda: _configured(kube), what="the webhook configured", log=webhook_operator.log)
 
     refused = {
         "forbidden-quantize": (
@@ -100,3 +144,25 @@ def test_the_api_server_denies_what_the_policy_refuses(
     # Its parent does not exist yet: no refusal, the Descendant waits in reconcile.
     created = apply(kube, namespace, _lora("waiting-for-parent"))
     assert created["metadata"]["name"] == "waiting-for-parent"
+
+
+def test_a_paused_replica_judges_from_the_api_server(
+    kube: client.ApiClient, namespace: str, paused_webhook_operator: OperatorProcess
+) -> None:
+    # kopf stops a paused replica's watches, yet the API server calls whichever replica the
+    # webhook's configuration names: its indexes never saw the policy applied meanwhile.
+    apply(
+        kube, namespace, Body.of("policy").set("spec.allowedOperators", ["import", "lora"]).manifest
+    )
+    apply(kube, namespace, Body.of("suite").manifest)
+
+    with pytest.raises(ApiException) as denied:
+        apply(kube, namespace, _lora("rank-over-budget", rank=128))
+    assert denied.value.status == 422, denied.value.body
+    assert "BudgetExceeded: spec.operator.lora.rank" in denied.value.body, denied.value.body
+    created = apply(kube, namespace, _lora("waiting-for-parent"))
+    assert created["metadata"]["name"] == "waiting-for-parent"
+    # Judged, not acted on: the paused replica wrote no status.
+    assert "status" not in client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "descendants", "waiting-for-parent"
+    )
