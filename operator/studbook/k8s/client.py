@@ -22,8 +22,9 @@ def api_client(connections: int) -> ApiClient:
     """A client of the cluster this runs in, or else of the kubeconfig's current context.
 
     It keeps up to ``connections`` connections open: size it to the threads that call at once.
-    urllib3 closes a connection that comes back to a full pool, so with fewer every busy thread
-    would open a new one, and pay a TLS handshake on both ends for each request.
+    urllib3 closes a connection that comes back to a full pool (the client's default size is
+    five per CPU), so the threads beyond it would open one, with a TLS handshake on both ends,
+    for each request.
     """
     configuration = Configuration()
     try:
