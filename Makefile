@@ -77,6 +77,7 @@ lint: venv check-crds
 # The test control plane's binaries, built from Go modules once per pin (tests/cluster/README.md).
 cluster-bins:
 	nice -n 10 tests/cluster/build.sh
+	nice -n 10 tests/cluster/build.sh helm
 
 dev-cluster: venv cluster-bins
 	PYTHON=$(CURDIR)/$(PY) tests/cluster/up.sh

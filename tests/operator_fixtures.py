@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class OperatorProcess:
-    """``studbook operator`` watching one namespace; restartable, its log kept for failures."""
+    """``studbook operator`` watching one namespace (all if ``namespace`` is empty); restartable,
+    its log kept for failures."""
 
     def __init__(
         self,
@@ -60,8 +61,7 @@ class OperatorProcess:
                 "-m",
                 "studbook",
                 "operator",
-                "-n",
-                self.namespace,
+                *(["-n", self.namespace] if self.namespace else []),
                 "--metrics-port",
                 str(self.metrics_port),
                 *self.extra_args,

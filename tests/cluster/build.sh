@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the test control plane's binaries: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler (from go/, pinned by versions.env) and kwok.
+# kube-controller-manager, kube-scheduler (from go/, pinned by versions.env) and kwok; or, with
+# the argument `helm`, Helm.
 #
 # Binaries live outside the clone in a directory keyed by the pins, so every clone and every CI
 # run on a warm machine reuses them; they are rebuilt only when that directory is incomplete.
@@ -19,6 +20,24 @@ if ! command -v go >/dev/null; then
     exit 1
 fi
 
+cache="${STUDBOOK_CACHE:-$HOME/.cache/studbook}"
+if [[ "${1:-}" == helm ]]; then
+    helm_dir="$cache/helm/${HELM_VERSION}_$(go env GOVERSION)"
+    if [[ ! -x "$helm_dir/helm" ]]; then
+        echo "building helm $HELM_VERSION into $helm_dir" >&2
+        mkdir -p "$(dirname "$helm_dir")"
+        staging=$(mktemp -d "$helm_dir.tmp.XXXXXX")
+        trap 'rm -rf "$staging"' EXIT
+        GOBIN="$staging" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+            "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+        rm -rf "$helm_dir"
+        mv "$staging" "$helm_dir"
+        trap - EXIT
+    fi
+    echo "$helm_dir"
+    exit 0
+fi
+
 pinned=$(cd "$here/go" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
 if [[ "$pinned" != "$K8S_VERSION" ]]; then
     echo "go/go.mod pins k8s.io/kubernetes $pinned but versions.env says $K8S_VERSION;" \
@@ -30,7 +49,7 @@ fi
 # them cannot silently reuse binaries built from something else.
 src_hash=$(cd "$here/go" && cat go.mod go.sum cmd/*/main.go | sha256sum | cut -c1-12)
 key="k8s-${K8S_VERSION}_kwok-${KWOK_VERSION}_$(go env GOVERSION)_${src_hash}"
-bin_dir="${STUDBOOK_CACHE:-$HOME/.cache/studbook}/cluster-bin/$key"
+bin_dir="$cache/cluster-bin/$key"
 
 if [[ -f "$bin_dir/.complete" ]]; then
     echo "$bin_dir"

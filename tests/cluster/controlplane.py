@@ -98,15 +98,25 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built or started; the message says why."""
 
 
-def build_binaries() -> Path:
-    """Build the binaries (or reuse the cached ones) and return their directory."""
-    proc = subprocess.run([str(HERE / "build.sh")], capture_output=True, text=True)
+def _build(*args: str) -> Path:
+    """Run build.sh (which reuses what it built before); the directory it names."""
+    proc = subprocess.run([str(HERE / "build.sh"), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ControlPlaneError(
-            f"tests/cluster/build.sh failed with exit code {proc.returncode}:\n"
+            f"tests/cluster/build.sh {' '.join(args)} failed with exit code {proc.returncode}:\n"
             + proc.stderr[-6000:]
         )
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def build_binaries() -> Path:
+    """Build the binaries (or reuse the cached ones) and return their directory."""
+    return _build()
+
+
+def helm_binary() -> Path:
+    """Build Helm (or reuse the cached build) and return its path."""
+    return _build("helm") / "helm"
 
 
 def free_port() -> int:

@@ -29,7 +29,10 @@ def derived_priority(identity: str) -> int:
 
 
 PAUSED = "Pausing operations in favour of"
-"""How kopf's log line begins when a peer outranks this replica (kopf/_core/engines/peering.py)."""
+"""How kopf's log line begins when a peer outranks this replica (kopf/_core/engines/peering.py).
+
+Only an acting replica logs it. One that finds such a peer at its start logs nothing: with a
+peering name kopf starts every replica paused, and it stays so."""
 RESUMED = "Resuming operations after the pause"
 """How kopf's log line begins when this replica acts again."""
 

@@ -1,0 +1,268 @@
+"""The Helm chart against the real control plane: rendered by Helm, accepted by the API server,
+and its RBAC enough for the operator to do its work.
+
+The operator runs here as a local process, but with a token of the chart's ServiceAccount and the
+arguments of the chart's Deployment (ports and the webhook's address made local), so every
+request it makes is authorized by the chart's ClusterRole: a missing rule fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, utils
+from kubernetes.client.exceptions import ApiException
+
+from studbook import GROUP, VERSION
+from studbook.controllers.webhook import CONFIGURATION
+from tests.builders import Body
+from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
+from tests.cluster.fixtures import apply_crds
+from tests.manifests import example
+from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for
+
+pytestmark = pytest.mark.cluster
+
+CHART = REPO / "charts" / "studbook"
+PEERING_CRDS = CHART / "crds" / "kopf.dev_peerings.yaml"
+
+
+def _render(release: str, namespace: str, watched: str | None) -> list[dict[str, Any]]:
+    """``helm template`` of the chart with its default values, or else watching one namespace."""
+    values = [] if watched is None else ["--set", f"watchNamespaces={{{watched}}}"]
+    rendered = subprocess.run(
+        [str(helm_binary()), "template", release, str(CHART), "--namespace", namespace, *values],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def _token_kubeconfig(cluster: ControlPlane, kube: client.ApiClient, sa: str, ns: str) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount, with a token the API server issues."""
+    request = {"spec": {"expirationSeconds": 3600}}
+    token = client.CoreV1Api(kube).create_namespaced_service_account_token(sa, ns, request)
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    context = {"cluster": admin["clusters"][0]["name"], "user": sa}
+    config = {
+        **admin,
+        "users": [{"name": sa, "user": {"token": token.status.token}}],
+        "contexts": [{"name": sa, "context": context}],
+        "current-context": sa,
+    }
+    path = cluster.workdir / f"kubeconfig-{ns}-{sa}"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _local(args: list[str]) -> list[str]:
+    """The Deployment's operator arguments, with ports free on this machine and the webhook
+    served on 127.0.0.1 with a certificate of its own (the chart's names the Service)."""
+    local: list[str] = []
+    for arg in args:
+        flag = arg.partition("=")[0]
+        if flag == "--metrics-port":
+            local.append(f"{flag}={free_port()}")
+        elif flag == "--liveness":
+            local.append(f"{flag}=http://127.0.0.1:{free_port()}/healthz")
+        elif flag == "--webhook-port":
+            local.append(f"{flag}={free_port()}")
+        elif flag == "--webhook-service":
+            local.append("--webhook-host=127.0.0.1")
+        elif flag != "--webhook-tls":
+            local.append(arg)
+    return local
+
+
+@pytest.fixture(params=["one namespace", "all namespaces"])
+def charted_operator(
+    request: pytest.FixtureRequest,
+    cluster: ControlPlane,
+    kube: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[tuple[OperatorProcess, list[dict[str, Any]]]]:
+    """The chart installed into a namespace of its own, watching ``namespace`` or, as by
+    default, all of them; the operator run as the chart's ServiceAccount with the Deployment's
+    arguments."""
+    home = f"{namespace[:50]}-sys"
+    release = f"sb-{namespace[-6:]}"
+    watched = namespace if request.param == "one namespace" else None
+    client.CoreV1Api(kube).create_namespace({"metadata": {"name": home}})
+    apply_crds(kube, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
+    objects = _render(release, home, watched)
+    process: OperatorProcess | None = None
+    try:
+        for obj in objects:
+            _create(kube, obj, obj["metadata"].get("namespace", home))
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["args"][0] == "operator"
+        store = tmp_path / "store"
+        store.mkdir()
+        kubeconfig = _token_kubeconfig(cluster, kube, pod["serviceAccountName"], home)
+        identity = {"POD_NAME": f"{release}-0", "POD_ID": f"{release}-0"}
+        process = OperatorProcess(
+            cluster,
+            watched or "",
+            store,
+            tmp_path / "operator.log",
+            extra_args=_local(container["args"][1:]),
+            env={"KUBECONFIG": str(kubeconfig), **identity},
+        )
+        process.start()
+        yield process, objects
+    finally:
+        if process is not None:
+            process.stop()
+        _uninstall(kube, release, home)
+
+
+def _create(kube: client.ApiClient, obj: dict[str, Any], namespace: str) -> None:
+    objects = client.CustomObjectsApi(kube)
+    if obj["kind"] == "KopfPeering":
+        objects.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", obj)
+        return
+    if obj["kind"] == "ClusterKopfPeering":
+        objects.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", obj)
+        return
+    # Validated by the API server but not stored: no replica may run on the cluster's nodes (the
+    # pod runner would start it); the test's process plays it.
+    dry_run = "All" if obj["kind"] == "Deployment" else None
+    utils.create_from_dict(kube, obj, namespace=namespace, dry_run=dry_run)
+
+
+def _uninstall(kube: client.ApiClient, release: str, home: str) -> None:
+    """Remove what the chart and the operator left outside the namespaces the test deletes."""
+    rbac = client.RbacAuthorizationV1Api(kube)
+    admission = client.AdmissionregistrationV1Api(kube)
+
+    def cluster_peering(name: str) -> None:
+        client.CustomObjectsApi(kube).delete_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", name
+        )
+
+    for delete, name in (
+        (cluster_peering, "studbook"),
+        (rbac.delete_cluster_role_binding, f"{release}-operator"),
+        (rbac.delete_cluster_role, f"{release}-operator"),
+        (admission.delete_validating_webhook_configuration, CONFIGURATION),
+        (admission.delete_mutating_webhook_configuration, CONFIGURATION),
+        (client.CoreV1Api(kube).delete_namespace, home),
+    ):
+        try:
+            delete(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def _get(kube: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name
+    )
+    return found
+
+
+def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
+    kube: client.ApiClient,
+    namespace: str,
+    charted_operator: tuple[OperatorProcess, list[dict[str, Any]]],
+) -> None:
+    operator, objects = charted_operator
+    # kopf peers through one object per watched namespace, or one for the cluster.
+    peering_kind = "KopfPeering" if operator.namespace else "ClusterKopfPeering"
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            peering_kind,
+            "Secret",
+            "Service",
+            "ServiceAccount",
+        ]
+    )
+    peers = client.CustomObjectsApi(kube)
+
+    def record() -> Any:
+        if operator.namespace:
+            found = peers.get_namespaced_custom_object(
+                "kopf.dev", "v1", namespace, "kopfpeerings", "studbook"
+            )
+        else:
+            found = peers.get_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", "studbook"
+            )
+        return found.get("status")
+
+    # The replica keeps its record in the chart's peering object, and acts alone.
+    peering = wait_for(record, what="the replica's peering record", log=operator.log)
+    assert list(peering) == [operator.env["POD_ID"]]
+
+    # Status of policies and suites.
+    apply(kube, namespace, Body.of("policy").set("spec.allowedOperators", ["import"]).manifest)
+    apply(kube, namespace, example("suite"))
+    for plural, name in (("breedingpolicies", "standard"), ("evaluationsuites", "sentiment-topic")):
+        status = wait_for(
+            lambda: _get(kube, namespace, plural, name).get("status"),  # noqa: B023
+            what=f"{plural} status",
+            log=operator.log,
+        )
+        assert status["phase"] == "Valid", status
+
+    # The webhook's configuration, which kopf registers: a refused Descendant is denied at apply.
+    wait_for(
+        lambda: any(
+            c.metadata.name == CONFIGURATION and c.webhooks
+            for c in client.AdmissionregistrationV1Api(kube)
+            .list_validating_webhook_configuration()
+            .items
+        ),
+        what="the webhook configured",
+        log=operator.log,
+    )
+    with pytest.raises(ApiException) as denied:
+        apply(kube, namespace, example("lora-specialist"))
+    assert denied.value.status == 422, denied.value.body
+    assert "OperatorForbidden" in denied.value.body, denied.value.body
+
+    # A Descendant: its NetworkPolicy, its Job, events, status; a Job that leaves no result is
+    # a failed attempt, whose pods the operator reads for the reason.
+    founder = Body.of("founder-import").set("spec.resources", {"backoffLimit": 0}).manifest
+    apply(kube, namespace, founder)
+    name = founder["metadata"]["name"]
+    wait_for(
+        lambda: (
+            (_get(kube, namespace, "descendants", name).get("status") or {}).get("phase")
+            == "Failed"
+        ),
+        timeout=90,
+        what="the founder Failed",
+        log=operator.log,
+    )
+    status = _get(kube, namespace, "descendants", name)["status"]
+    assert "left no breed result" in status["message"]
+    jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
+    assert [j.metadata.name for j in jobs] == [f"{name}-breed-1"]
+    policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
+    assert [p.metadata.name for p in policies] == ["studbook-untrusted"]
+    reasons = {
+        e.reason
+        for e in client.CoreV1Api(kube).list_namespaced_event(namespace).items
+        if e.involved_object.name == name
+    }
+    assert {"Breeding", "Failed"} <= reasons, reasons
+
+    log = operator.log.read_text()
+    assert "Forbidden" not in log and " 403" not in log, log[-4000:]
+    assert operator.proc is not None and operator.proc.poll() is None, log[-4000:]
