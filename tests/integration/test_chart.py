@@ -192,6 +192,15 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
             "ServiceAccount",
         ]
     )
+    # A read-only root filesystem: what the operator writes (the scratch files of a parent's
+    # signature check) goes to a volume at the temporary directory.
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]
+
     peers = client.CustomObjectsApi(kube)
 
     def record() -> Any:
