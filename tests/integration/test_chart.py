@@ -109,6 +109,10 @@ def charted_operator(
         store = tmp_path / "store"
         store.mkdir()
         kubeconfig = _token_kubeconfig(cluster, kube, pod["serviceAccountName"], home)
+        # The chart's settings, but where the store is: a directory here, not the pod's volume.
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        for key in ("STUDBOOK_STORE", "STUDBOOK_JOB_STORE", "STUDBOOK_STORE_VOLUME"):
+            del env[key]
         identity = {"POD_NAME": f"{release}-0", "POD_ID": f"{release}-0"}
         process = OperatorProcess(
             cluster,
@@ -116,7 +120,7 @@ def charted_operator(
             store,
             tmp_path / "operator.log",
             extra_args=_local(container["args"][1:]),
-            env={"KUBECONFIG": str(kubeconfig), **identity},
+            env={**env, "KUBECONFIG": str(kubeconfig), **identity},
         )
         process.start()
         yield process, objects
@@ -263,6 +267,9 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     assert "left no breed result" in status["message"]
     jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
     assert [j.metadata.name for j in jobs] == [f"{name}-breed-1"]
+    # The chart's values reach the Jobs.
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert jobs[0].spec.template.spec.containers[0].image == values["image"]["trainer"]
     policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
     assert [p.metadata.name for p in policies] == ["studbook-untrusted"]
     reasons = {
