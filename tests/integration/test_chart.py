@@ -282,3 +282,11 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     log = operator.log.read_text()
     assert "Forbidden" not in log and " 403" not in log, log[-4000:]
     assert operator.proc is not None and operator.proc.poll() is None, log[-4000:]
+
+
+def test_helm_lints_the_chart() -> None:
+    linted = subprocess.run(
+        [str(helm_binary()), "lint", "--strict", str(CHART)], capture_output=True, text=True
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in linted.stdout
