@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from studbook import GROUP, VERSION
+from studbook.controllers.webhook import CONFIGURATION
 from tests.cluster.controlplane import ControlPlane, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,3 +153,13 @@ def wait_for(
         time.sleep(0.25)
     tail = log.read_text()[-4000:] if log and log.exists() else ""
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}\n{tail}")
+
+
+def webhook_configured(kube: client.ApiClient) -> bool:
+    """Whether kopf has registered the operator's validating webhook."""
+    return any(
+        c.metadata.name == CONFIGURATION and c.webhooks
+        for c in client.AdmissionregistrationV1Api(kube)
+        .list_validating_webhook_configuration()
+        .items
+    )

@@ -2,8 +2,9 @@
 and its RBAC enough for the operator to do its work.
 
 The operator runs here as a local process, but with a token of the chart's ServiceAccount and the
-arguments of the chart's Deployment (ports and the webhook's address made local), so every
-request it makes is authorized by the chart's ClusterRole: a missing rule fails the test.
+arguments and settings of the chart's Deployment (ports, the webhook's address and the store's
+path made local), so every request it makes is authorized by the chart's ClusterRole: a missing
+rule fails the test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
 from tests.cluster.fixtures import apply_crds
 from tests.manifests import example
-from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for
+from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for, webhook_configured
 
 pytestmark = pytest.mark.cluster
 
@@ -43,6 +44,14 @@ def _render(release: str, namespace: str, watched: str | None) -> list[dict[str,
         check=True,
     ).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def _operator_pod(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of the chart's Deployment, and its one container."""
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
 
 
 def _token_kubeconfig(cluster: ControlPlane, kube: client.ApiClient, sa: str, ns: str) -> Path:
@@ -91,7 +100,7 @@ def charted_operator(
 ) -> Iterator[tuple[OperatorProcess, list[dict[str, Any]]]]:
     """The chart installed into a namespace of its own, watching ``namespace`` or, as by
     default, all of them; the operator run as the chart's ServiceAccount with the Deployment's
-    arguments."""
+    arguments and settings."""
     home = f"{namespace[:50]}-sys"
     release = f"sb-{namespace[-6:]}"
     watched = namespace if request.param == "one namespace" else None
@@ -102,9 +111,7 @@ def charted_operator(
     try:
         for obj in objects:
             _create(kube, obj, obj["metadata"].get("namespace", home))
-        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
-        pod = deployment["spec"]["template"]["spec"]
-        (container,) = pod["containers"]
+        pod, container = _operator_pod(objects)
         assert container["args"][0] == "operator"
         store = tmp_path / "store"
         store.mkdir()
@@ -198,9 +205,7 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     )
     # A read-only root filesystem: what the operator writes (the scratch files of a parent's
     # signature check) goes to a volume at the temporary directory.
-    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    pod, container = _operator_pod(objects)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]
@@ -234,16 +239,7 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
         assert status["phase"] == "Valid", status
 
     # The webhook's configuration, which kopf registers: a refused Descendant is denied at apply.
-    wait_for(
-        lambda: any(
-            c.metadata.name == CONFIGURATION and c.webhooks
-            for c in client.AdmissionregistrationV1Api(kube)
-            .list_validating_webhook_configuration()
-            .items
-        ),
-        what="the webhook configured",
-        log=operator.log,
-    )
+    wait_for(lambda: webhook_configured(kube), what="the webhook configured", log=operator.log)
     with pytest.raises(ApiException) as denied:
         apply(kube, namespace, example("lora-specialist"))
     assert denied.value.status == 422, denied.value.body

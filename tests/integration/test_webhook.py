@@ -22,7 +22,7 @@ from studbook.controllers.webhook import CONFIGURATION
 from tests.builders import Body
 from tests.cluster.controlplane import free_port
 from tests.cluster.fixtures import apply_crds
-from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for
+from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for, webhook_configured
 
 pytestmark = pytest.mark.cluster
 
@@ -69,7 +69,9 @@ def paused_webhook_operator(
     idle_operator.extra_args += ["--peering", PEERING, "--priority", "1"]
     for operator in _serving_webhook(kube, idle_operator):
         # Held once the operator is up and serving, as a peer arriving later would.
-        wait_for(lambda: _configured(kube), what="the webhook configured", log=idle_operator.log)
+        wait_for(
+            lambda: webhook_configured(kube), what="the webhook configured", log=idle_operator.log
+        )
         holder = {
             "priority": MAX_PRIORITY,
             "lifetime": 900,
@@ -82,15 +84,6 @@ def paused_webhook_operator(
             lambda: PAUSED in idle_operator.log.read_text(), what="paused", log=idle_operator.log
         )
         yield operator
-
-
-def _configured(kube: client.ApiClient) -> bool:
-    return any(
-        c.metadata.name == CONFIGURATION and c.webhooks
-        for c in client.AdmissionregistrationV1Api(kube)
-        .list_validating_webhook_configuration()
-        .items
-    )
 
 
 def _lora(name: str, rank: int = 8) -> dict[str, Any]:
@@ -119,7 +112,9 @@ def test_the_api_server_denies_what_the_policy_refuses(
         what="the policy indexed",
         log=webhook_operator.log,
     )
-    wait_for(lambda: _configured(kube), what="the webhook configured", log=webhook_operator.log)
+    wait_for(
+        lambda: webhook_configured(kube), what="the webhook configured", log=webhook_operator.log
+    )
 
     refused = {
         "forbidden-quantize": (
