@@ -9,19 +9,22 @@ rule fails the test.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from studbook import GROUP, VERSION
-from studbook.controllers.webhook import CONFIGURATION
+from studbook.controllers.webhook import CONFIGURATION, SERVICE_PORT
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
 from tests.cluster.fixtures import apply_crds
@@ -71,39 +74,41 @@ def _token_kubeconfig(cluster: ControlPlane, kube: client.ApiClient, sa: str, ns
     return path
 
 
-def _local(args: list[str]) -> list[str]:
-    """The Deployment's operator arguments, with ports free on this machine and the webhook
-    served on 127.0.0.1 with a certificate of its own (the chart's names the Service)."""
+def _local(args: list[str], tls: Path | None) -> list[str]:
+    """The Deployment's operator arguments, with ports free on this machine. Without ``tls``,
+    the webhook is served on 127.0.0.1 with a certificate of its own (the chart's names the
+    Service, which the API server cannot reach here); with it, as the chart has it, from the
+    chart's certificate files in ``tls``."""
     local: list[str] = []
     for arg in args:
         flag = arg.partition("=")[0]
-        if flag == "--metrics-port":
+        if flag in ("--metrics-port", "--webhook-port"):
             local.append(f"{flag}={free_port()}")
         elif flag == "--liveness":
             local.append(f"{flag}=http://127.0.0.1:{free_port()}/healthz")
-        elif flag == "--webhook-port":
-            local.append(f"{flag}={free_port()}")
-        elif flag == "--webhook-service":
+        elif flag == "--webhook-tls":
+            local += [f"{flag}={tls}"] if tls else []
+        elif flag == "--webhook-service" and not tls:
             local.append("--webhook-host=127.0.0.1")
-        elif flag != "--webhook-tls":
+        else:
             local.append(arg)
     return local
 
 
-@pytest.fixture(params=["one namespace", "all namespaces"])
-def charted_operator(
-    request: pytest.FixtureRequest,
+@contextmanager
+def _installed(
     cluster: ControlPlane,
     kube: client.ApiClient,
     namespace: str,
     tmp_path: Path,
+    watched: str | None,
+    through_service: bool = False,
 ) -> Iterator[tuple[OperatorProcess, list[dict[str, Any]]]]:
-    """The chart installed into a namespace of its own, watching ``namespace`` or, as by
-    default, all of them; the operator run as the chart's ServiceAccount with the Deployment's
+    """The chart installed into a namespace of its own, watching ``watched`` or, as by default,
+    all namespaces; the operator run as the chart's ServiceAccount with the Deployment's
     arguments and settings."""
     home = f"{namespace[:50]}-sys"
     release = f"sb-{namespace[-6:]}"
-    watched = namespace if request.param == "one namespace" else None
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": home}})
     apply_crds(kube, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
     objects = _render(release, home, watched)
@@ -113,6 +118,14 @@ def charted_operator(
             _create(kube, obj, obj["metadata"].get("namespace", home))
         pod, container = _operator_pod(objects)
         assert container["args"][0] == "operator"
+        tls = None
+        if through_service:
+            # The Secret's files, as the Deployment mounts them.
+            (secret,) = [o for o in objects if o["kind"] == "Secret"]
+            tls = tmp_path / "webhook-tls"
+            tls.mkdir()
+            for key, value in secret["data"].items():
+                (tls / key).write_bytes(base64.b64decode(value))
         store = tmp_path / "store"
         store.mkdir()
         kubeconfig = _token_kubeconfig(cluster, kube, pod["serviceAccountName"], home)
@@ -126,7 +139,7 @@ def charted_operator(
             watched or "",
             store,
             tmp_path / "operator.log",
-            extra_args=_local(container["args"][1:]),
+            extra_args=_local(container["args"][1:], tls),
             env={**env, "KUBECONFIG": str(kubeconfig), **identity},
         )
         process.start()
@@ -135,6 +148,20 @@ def charted_operator(
         if process is not None:
             process.stop()
         _uninstall(kube, release, home)
+
+
+@pytest.fixture(params=["one namespace", "all namespaces"])
+def charted_operator(
+    request: pytest.FixtureRequest,
+    cluster: ControlPlane,
+    kube: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[tuple[OperatorProcess, list[dict[str, Any]]]]:
+    """The chart installed, watching ``namespace`` or, as by default, all namespaces."""
+    watched = namespace if request.param == "one namespace" else None
+    with _installed(cluster, kube, namespace, tmp_path, watched) as installed:
+        yield installed
 
 
 def _create(kube: client.ApiClient, obj: dict[str, Any], namespace: str) -> None:
@@ -286,3 +313,33 @@ def test_helm_lints_the_chart() -> None:
     )
     assert linted.returncode == 0, linted.stdout + linted.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in linted.stdout
+
+
+def test_the_charts_webhook_is_announced_through_its_service_with_its_ca(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    # The API server cannot reach a Service here (no cluster network), so this checks what it
+    # would be told: the Service, and a CA that the served certificate chains to.
+    with _installed(cluster, kube, namespace, tmp_path, namespace, through_service=True) as (
+        operator,
+        objects,
+    ):
+        wait_for(lambda: webhook_configured(kube), what="the webhook configured", log=operator.log)
+        configuration = client.AdmissionregistrationV1Api(
+            kube
+        ).read_validating_webhook_configuration(CONFIGURATION)
+        (service,) = [o for o in objects if o["kind"] == "Service"]
+        (secret,) = [o for o in objects if o["kind"] == "Secret"]
+        home, name = service["metadata"]["namespace"], service["metadata"]["name"]
+        for webhook in configuration.webhooks:
+            config = webhook.client_config
+            assert config.url is None
+            assert (config.service.namespace, config.service.name) == (home, name)
+            assert config.service.port == SERVICE_PORT == service["spec"]["ports"][0]["port"]
+            assert config.ca_bundle == secret["data"]["ca.crt"]
+        ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+        served = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+        served.verify_directly_issued_by(ca)
+        sans = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert f"{name}.{home}.svc" in sans.get_values_for_type(x509.DNSName)
+        assert operator.proc is not None and operator.proc.poll() is None
