@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.cluster.controlplane import ControlPlane, build_binaries  # noqa: E402
-from tests.cluster.fixtures import apply_crds, load_crds  # noqa: E402
+from tests.cluster.fixtures import apply_crds, apply_peering_crds, load_crds  # noqa: E402
 
 from studbook import GROUP, VERSION  # noqa: E402
 from studbook.api import Descendant, parse_manifest  # noqa: E402
@@ -50,7 +50,6 @@ from studbook.controllers.peering import MAX_PRIORITY, PAUSED  # noqa: E402
 from studbook.k8s import jobs as builders  # noqa: E402
 
 EXAMPLES = REPO / "examples"
-PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
 PEERING = "bench"
 HOLDER = "bench-holder"
 """A peer that never runs: while its record is live, kopf pauses the operator."""
@@ -204,7 +203,7 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
     try:
         api = config.new_client_from_config(str(plane.kubeconfig))
         apply_crds(api, load_crds())
-        apply_crds(api, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
+        apply_peering_crds(api)
         store = workdir / "store"
         store.mkdir()
         settings = builders.JobSettings(

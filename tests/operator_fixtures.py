@@ -128,12 +128,17 @@ def apply(kube: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> d
     return created
 
 
+def read_resource(kube: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    """A Studbook resource as the API server has it."""
+    found: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name
+    )
+    return found
+
+
 def descendant_status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     """A Descendant's status as the API server has it (empty before the operator wrote one)."""
-    found = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "descendants", name
-    )
-    status: dict[str, Any] = found.get("status") or {}
+    status: dict[str, Any] = read_resource(kube, namespace, "descendants", name).get("status") or {}
     return status
 
 

@@ -23,6 +23,8 @@ from tests.cluster.controlplane import ControlPlane, ControlPlaneError, build_bi
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CRD_DIR = REPO / "crds"
+PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
+"""kopf's peering CRDs, as the chart installs them."""
 
 _LOG_DIR_KEY = pytest.StashKey[Path]()
 
@@ -70,6 +72,11 @@ def apply_crds(
         if pending:
             time.sleep(0.1)
     return names
+
+
+def apply_peering_crds(api: client.ApiClient) -> list[str]:
+    """Apply kopf's peering CRDs (they live in the chart, not in crds/); return their names."""
+    return apply_crds(api, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
 
 
 @pytest.fixture(scope="session")

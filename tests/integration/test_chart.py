@@ -23,18 +23,24 @@ from cryptography import x509
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
-from studbook import GROUP, VERSION
 from studbook.controllers.webhook import CONFIGURATION, SERVICE_PORT
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
-from tests.cluster.fixtures import apply_crds
+from tests.cluster.fixtures import apply_peering_crds
 from tests.manifests import example
-from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for, webhook_configured
+from tests.operator_fixtures import (
+    REPO,
+    OperatorProcess,
+    apply,
+    descendant_status,
+    read_resource,
+    wait_for,
+    webhook_configured,
+)
 
 pytestmark = pytest.mark.cluster
 
 CHART = REPO / "charts" / "studbook"
-PEERING_CRDS = CHART / "crds" / "kopf.dev_peerings.yaml"
 
 
 def _render(release: str, namespace: str, watched: str | None) -> list[dict[str, Any]]:
@@ -110,7 +116,7 @@ def _installed(
     home = f"{namespace[:50]}-sys"
     release = f"sb-{namespace[-6:]}"
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": home}})
-    apply_crds(kube, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
+    apply_peering_crds(kube)
     objects = _render(release, home, watched)
     process: OperatorProcess | None = None
     try:
@@ -203,13 +209,6 @@ def _uninstall(kube: client.ApiClient, release: str, home: str) -> None:
                 raise
 
 
-def _get(kube: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, plural, name
-    )
-    return found
-
-
 def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     kube: client.ApiClient,
     namespace: str,
@@ -259,7 +258,7 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     apply(kube, namespace, example("suite"))
     for plural, name in (("breedingpolicies", "standard"), ("evaluationsuites", "sentiment-topic")):
         status = wait_for(
-            lambda: _get(kube, namespace, plural, name).get("status"),  # noqa: B023
+            lambda: read_resource(kube, namespace, plural, name).get("status"),  # noqa: B023
             what=f"{plural} status",
             log=operator.log,
         )
@@ -278,15 +277,12 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     apply(kube, namespace, founder)
     name = founder["metadata"]["name"]
     wait_for(
-        lambda: (
-            (_get(kube, namespace, "descendants", name).get("status") or {}).get("phase")
-            == "Failed"
-        ),
+        lambda: descendant_status(kube, namespace, name).get("phase") == "Failed",
         timeout=90,
         what="the founder Failed",
         log=operator.log,
     )
-    status = _get(kube, namespace, "descendants", name)["status"]
+    status = descendant_status(kube, namespace, name)
     assert "left no breed result" in status["message"]
     jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
     assert [j.metadata.name for j in jobs] == [f"{name}-breed-1"]

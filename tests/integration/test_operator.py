@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from kubernetes import client
 
-from studbook import GROUP, VERSION
 from tests.builders import Body
 from tests.manifests import example
-from tests.operator_fixtures import OperatorProcess, apply, wait_for
+from tests.operator_fixtures import (
+    OperatorProcess,
+    apply,
+    descendant_status,
+    read_resource,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
 
-def _get(kube: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, plural, name
-    )
-    return found
-
-
 def _phase(kube: client.ApiClient, namespace: str, name: str) -> str | None:
-    status = _get(kube, namespace, "descendants", name).get("status") or {}
+    status = descendant_status(kube, namespace, name)
     phase: str | None = status.get("phase")
     return phase
 
@@ -38,14 +34,17 @@ def test_policy_and_suite_are_validated(
     apply(kube, namespace, example("policy"))
     apply(kube, namespace, example("suite"))
     policy = wait_for(
-        lambda: _get(kube, namespace, "breedingpolicies", "standard").get("status") or {},
+        lambda: read_resource(kube, namespace, "breedingpolicies", "standard").get("status") or {},
         what="policy status",
         log=operator.log,
     )
     assert policy["phase"] == "Valid"
     assert policy["conditions"][0]["type"] == "Valid"
     suite = wait_for(
-        lambda: _get(kube, namespace, "evaluationsuites", "sentiment-topic").get("status") or {},
+        lambda: (
+            read_resource(kube, namespace, "evaluationsuites", "sentiment-topic").get("status")
+            or {}
+        ),
         what="suite status",
         log=operator.log,
     )
@@ -66,7 +65,7 @@ def test_forbidden_operator_is_rejected_without_a_job(
         what="merge rejected",
         log=operator.log,
     )
-    status = _get(kube, namespace, "descendants", "minilm-sentiment-topic-ties")["status"]
+    status = read_resource(kube, namespace, "descendants", "minilm-sentiment-topic-ties")["status"]
     admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
     assert admitted["status"] == "False" and admitted["reason"] == "OperatorForbidden"
     assert "operator 'merge' is not allowed" in status["message"]
@@ -107,7 +106,7 @@ def test_admitted_founder_gets_an_untrusted_owned_breed_job_and_fails_without_re
         what="founder failed",
         log=operator.log,
     )
-    status = _get(kube, namespace, "descendants", "minilm-base")["status"]
+    status = read_resource(kube, namespace, "descendants", "minilm-base")["status"]
     assert "left no breed result" in status["message"]
     assert [j["name"] for j in status["jobs"]] == ["minilm-base-breed-1"]
     assert len(_jobs(kube, namespace)) == 1, "exactly one breed Job"
@@ -126,9 +125,7 @@ def test_missing_parent_waits_and_continues_when_it_appears(
     wait_for(
         lambda: (
             "parent 'minilm-base' not found"
-            in (_get(kube, namespace, "descendants", "minilm-sentiment").get("status") or {}).get(
-                "message", ""
-            )
+            in descendant_status(kube, namespace, "minilm-sentiment").get("message", "")
         ),
         what="waiting message",
         log=operator.log,

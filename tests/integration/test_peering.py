@@ -7,20 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
 from studbook.controllers.peering import PAUSED, RESUMED, PeeringGate, derived_priority
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.fixtures import apply_crds
+from tests.cluster.fixtures import apply_peering_crds
 from tests.manifests import example
-from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for
+from tests.operator_fixtures import OperatorProcess, apply, wait_for
 
 pytestmark = pytest.mark.cluster
 
 PEERING = "studbook"
-PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
 
 
 @pytest.fixture
@@ -28,7 +26,7 @@ def replicas(
     cluster: ControlPlane, kube: client.ApiClient, namespace: str, tmp_path: Path
 ) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
     """Two operators peered in the namespace, sharing one store: (lower, higher) priority."""
-    apply_crds(kube, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
+    apply_peering_crds(kube)
     peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
     client.CustomObjectsApi(kube).create_namespaced_custom_object(
         "kopf.dev", "v1", namespace, "kopfpeerings", peering

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -21,13 +20,12 @@ from studbook.controllers.peering import MAX_PRIORITY, PAUSED
 from studbook.controllers.webhook import CONFIGURATION
 from tests.builders import Body
 from tests.cluster.controlplane import free_port
-from tests.cluster.fixtures import apply_crds
-from tests.operator_fixtures import REPO, OperatorProcess, apply, wait_for, webhook_configured
+from tests.cluster.fixtures import apply_peering_crds
+from tests.operator_fixtures import OperatorProcess, apply, wait_for, webhook_configured
 
 pytestmark = pytest.mark.cluster
 
 PEERING = "studbook"
-PEERING_CRDS = REPO / "charts" / "studbook" / "crds" / "kopf.dev_peerings.yaml"
 
 
 def _serving_webhook(
@@ -62,7 +60,7 @@ def paused_webhook_operator(
 ) -> Iterator[OperatorProcess]:
     """The operator serving the webhook, peered and then paused by a peer that outranks it and
     never leaves."""
-    apply_crds(kube, list(yaml.safe_load_all(PEERING_CRDS.read_text())))
+    apply_peering_crds(kube)
     objects = client.CustomObjectsApi(kube)
     peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
     objects.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
