@@ -60,14 +60,16 @@ def _example(name: str) -> dict[str, Any]:
     return loaded
 
 
-def _founder(name: str, namespace: str) -> dict[str, Any]:
+def founder(name: str, namespace: str) -> dict[str, Any]:
+    """The example founder import as ``name``, asking for one GPU and no Job retries."""
     body = _example("founder-import")
     body["metadata"] = {"name": name, "namespace": namespace}
     body["spec"]["resources"] = {"gpus": 1, "backoffLimit": 0}
     return body
 
 
-def _create_ns(api: client.ApiClient, name: str) -> None:
+def create_namespace(api: client.ApiClient, name: str) -> None:
+    """Create a namespace and wait for its default ServiceAccount (pods need it)."""
     client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -81,10 +83,10 @@ def _create_ns(api: client.ApiClient, name: str) -> None:
 def baseline(api: client.ApiClient, count: int, settings: builders.JobSettings) -> float:
     """Jobs per second a bare client creates: the same Jobs the operator creates, serially."""
     namespace = "bench-baseline"
-    _create_ns(api, namespace)
+    create_namespace(api, namespace)
     owners = []
     for i in range(count):
-        body = _founder(f"founder-{i:04d}", namespace)
+        body = founder(f"founder-{i:04d}", namespace)
         body["metadata"]["uid"] = f"00000000-0000-0000-0000-{i:012d}"
         resource = parse_manifest(body)
         assert isinstance(resource, Descendant)
@@ -136,7 +138,11 @@ def _all_terminal(api: client.ApiClient, namespace: str, prefix: str, count: int
 
 
 class JobWatch:
-    """Records when the first Job of each Descendant whose name has ``prefix`` appears."""
+    """Records when the first Job of each Descendant whose name has ``prefix`` appears.
+
+    Events stay plain JSON: parsing each into the client's models would cost the bench more
+    CPU than anything else it does while it measures, on the cores the operator needs.
+    """
 
     def __init__(self, api: client.ApiClient, namespace: str, prefix: str, count: int) -> None:
         self.seen: dict[str, float] = {}
@@ -157,8 +163,9 @@ class JobWatch:
             namespace,
             resource_version=version,
             timeout_seconds=900,
+            deserialize=False,
         ):
-            owner = event["object"].metadata.labels[builders.LABEL_DESCENDANT]
+            owner = event["object"]["metadata"]["labels"][builders.LABEL_DESCENDANT]
             if event["type"] == "ADDED" and owner.startswith(prefix):
                 self.seen.setdefault(owner, time.perf_counter())
             if len(self.seen) >= count:
@@ -171,7 +178,7 @@ def _apply(objects: client.CustomObjectsApi, namespace: str, names: list[str]) -
     for name in names:
         applied[name] = time.perf_counter()
         objects.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, "descendants", _founder(name, namespace)
+            GROUP, VERSION, namespace, "descendants", founder(name, namespace)
         )
     return applied
 
@@ -218,7 +225,7 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
         )
 
         namespace = "bench-operator"
-        _create_ns(api, namespace)
+        create_namespace(api, namespace)
         objects = client.CustomObjectsApi(api)
         for kind, plural in (("policy", "breedingpolicies"), ("suite", "evaluationsuites")):
             body = _example(kind)
@@ -297,7 +304,7 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
         # Grow the watched population; the extra Descendants wait for a missing parent, so the
         # operator holds them all without more Jobs.
         for i in range(2 * count, population):
-            body = _founder(f"waiting-{i:04d}", namespace)
+            body = founder(f"waiting-{i:04d}", namespace)
             body["spec"] = _example("lora-specialist")["spec"]
             objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "descendants", body)
         time.sleep(30)
