@@ -440,6 +440,34 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def event_record(body: dict[str, Any], event: Event) -> dict[str, Any]:
+    """The Kubernetes Event (core v1) that tells of ``event`` about the Descendant ``body``."""
+    meta = body["metadata"]
+    now = datetime.now(UTC).isoformat()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{meta['name']}.",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": "studbook"},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
 class EventPoster:
     """Posts a Descendant's transitions as Kubernetes events, from any thread."""
 
@@ -448,34 +476,15 @@ class EventPoster:
 
     def __call__(self, body: dict[str, Any], event: Event) -> None:
         """Post one event about the Descendant ``body``."""
-        meta = body["metadata"]
-        now = datetime.now(UTC)
-        record: Any = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "generateName": f"{meta['name']}.",
-                "namespace": meta["namespace"],
-            },
-            "involvedObject": {
-                "apiVersion": body.get("apiVersion"),
-                "kind": body.get("kind"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message[:1024],
-            "source": {"component": "studbook"},
-            "firstTimestamp": now.isoformat(),
-            "lastTimestamp": now.isoformat(),
-            "count": 1,
-        }
         try:
-            create(self.api, record)
+            create(self.api, event_record(body, event))
         except ApiException as error:  # an event is a courtesy, never a reason to fail
-            log.warning("event %s for %s not posted: %s", event.reason, meta["name"], error.reason)
+            log.warning(
+                "event %s for %s not posted: %s",
+                event.reason,
+                body["metadata"]["name"],
+                error.reason,
+            )
 
 
 class Sweeper:
