@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -134,6 +135,39 @@ def namespace(request: pytest.FixtureRequest, kube: client.ApiClient) -> Iterato
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def service_account_client(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str, account: str
+) -> client.ApiClient:
+    """A client that authenticates as a new ServiceAccount, with a token the API server issues."""
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    token = core.create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+    cfg = client.Configuration()
+    cfg.host = cluster.server
+    cfg.ssl_ca_cert = str(cluster.workdir / "pki" / "ca.crt")
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(cfg)
+
+
+def grant(
+    kube: client.ApiClient, namespace: str, account: str, role: str, rules: list[dict[str, Any]]
+) -> None:
+    """A Role ``role`` with ``rules`` in ``namespace``, bound to the ServiceAccount ``account``."""
+    rbac = client.RbacAuthorizationV1Api(kube)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": role}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": f"{account}-{role}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -25,7 +25,7 @@ from tests.cluster.controlplane import (
     LOCAL_NODE_TAINT,
     ControlPlane,
 )
-from tests.cluster.fixtures import load_crds
+from tests.cluster.fixtures import grant, load_crds, service_account_client
 from tests.manifests import WRONG_MANIFESTS, WrongManifest, example
 
 pytestmark = pytest.mark.cluster
@@ -167,43 +167,15 @@ def test_deleting_an_owner_garbage_collects_its_children(kube: client.ApiClient,
 def test_service_account_without_rights_gets_403(
     cluster: ControlPlane, kube: client.ApiClient, namespace: str
 ):
-    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
-    token = core.create_namespaced_service_account_token(
-        "nobody", namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
-
-    cfg = client.Configuration()
-    cfg.host = cluster.server
-    cfg.ssl_ca_cert = str(cluster.workdir / "pki" / "ca.crt")
-    cfg.api_key = {"authorization": token}
-    cfg.api_key_prefix = {"authorization": "Bearer"}
-    with client.ApiClient(cfg) as as_nobody:
+    with service_account_client(cluster, kube, namespace, "nobody") as as_nobody:
         with pytest.raises(ApiException) as refused:
             client.CoreV1Api(as_nobody).list_namespaced_pod(namespace)
         assert refused.value.status == 403
         assert f"system:serviceaccount:{namespace}:nobody" in str(refused.value.body)
 
         # RBAC, not a blanket refusal: a RoleBinding opens exactly what it grants.
-        rbac.create_namespaced_role(
-            namespace,
-            {
-                "metadata": {"name": "pod-reader"},
-                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}],
-            },
-        )
-        rbac.create_namespaced_role_binding(
-            namespace,
-            {
-                "metadata": {"name": "nobody-reads-pods"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "pod-reader",
-                },
-                "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}],
-            },
-        )
+        rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+        grant(kube, namespace, "nobody", "pod-reader", rules)
 
         def can_list() -> bool:
             try:

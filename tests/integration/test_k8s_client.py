@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from studbook.api import Descendant
 from studbook.k8s.client import create, create_if_absent, patch_status
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.fixtures import grant, service_account_client
 from tests.manifests import example
 from tests.operator_fixtures import apply, read_resource
 
@@ -61,42 +62,16 @@ def test_create_refusals_and_status_patch_with_a_client_certificate(
 def test_a_service_account_token_is_sent_and_its_rights_hold(
     cluster: ControlPlane, kube: client.ApiClient, namespace: str
 ) -> None:
-    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "writer"}})
-    rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": "configmap-writer"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": "writer-writes-configmaps"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "configmap-writer",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": "writer", "namespace": namespace}],
-        },
-    )
-    token = core.create_namespaced_service_account_token(
-        "writer", namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
-    cfg = client.Configuration()
-    cfg.host = cluster.server
-    cfg.ssl_ca_cert = str(cluster.workdir / "pki" / "ca.crt")
-    cfg.api_key = {"authorization": token}
-    cfg.api_key_prefix = {"authorization": "Bearer"}
-    with client.ApiClient(cfg) as as_writer:
+    rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+    with service_account_client(cluster, kube, namespace, "writer") as as_writer:
+        grant(kube, namespace, "writer", "configmap-writer", rules)
         create(as_writer, _config_map(namespace, "written"))  # anonymous would get 403
         with pytest.raises(ApiException) as refused:
             create(as_writer, {**_config_map(namespace, "x"), "kind": "Event"})
         assert refused.value.status == 403
         assert f"system:serviceaccount:{namespace}:writer" in str(refused.value.body)
-    assert core.read_namespaced_config_map("written", namespace).data == {"k": "v"}
+    read = client.CoreV1Api(kube).read_namespaced_config_map("written", namespace)
+    assert read.data == {"k": "v"}
 
 
 def test_a_server_url_with_a_path_keeps_it(cluster: ControlPlane, namespace: str) -> None:

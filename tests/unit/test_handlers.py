@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import kopf
 import pytest
+from kopf._cogs.structs.references import Resource
 from kubernetes.config import kube_config
 from tests.builders import Body
 
@@ -110,10 +111,8 @@ def test_finished_descendants_and_their_jobs_are_decided_in_the_loop() -> None:
         metrics.POPULATION.forget("uid-of-x")
 
 
-def test_the_api_client_keeps_a_connection_for_each_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # urllib3 drops a connection that comes back to a full pool: a TLS handshake per request.
+def _kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kubeconfig where the client looks by default; no API server behind it."""
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -127,6 +126,13 @@ def test_the_api_client_keeps_a_connection_for_each_thread(
     # Where the client looks by default, read from $KUBECONFIG as it was imported.
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+
+def test_the_api_client_keeps_a_connection_for_each_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3 drops a connection that comes back to a full pool: a TLS handshake per request.
+    _kubeconfig(tmp_path, monkeypatch)
     api = api_client(connections=handlers.WORKERS + 2)
     assert api.configuration.host == "https://127.0.0.1:6443"
     assert api.rest_client.pool_manager.connection_pool_kw["maxsize"] == handlers.WORKERS + 2
@@ -142,3 +148,30 @@ def test_the_operator_freezes_what_it_loaded_before_kopf_starts() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_only_jobs_with_the_descendant_label_are_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On the server: kopf would receive every Job of the cluster and drop all but ours itself.
+    _kubeconfig(tmp_path, monkeypatch)
+    monkeypatch.setenv("STUDBOOK_STORE", str(tmp_path / "store"))
+    settings, memo = kopf.OperatorSettings(), kopf.Memo()
+    settings.peering.standalone = True
+    handlers.configure(settings=settings, memo=memo)
+    try:
+        selectors = settings.watching.label_selectors
+        jobs = Resource("batch", "v1", "jobs", kind="Job")
+        assert selectors.collect(jobs) == [LABEL_DESCENDANT]
+        assert selectors.collect(Resource("batch", "v1", "cronjobs", kind="CronJob")) == []
+        descendants = Resource(*handlers.DESCENDANTS, kind="Descendant")
+        assert selectors.collect(descendants) == []  # parents are read from every Descendant
+        # The handlers' own filter names the same label.
+        (job_handler,) = [
+            h
+            for h in kopf.get_default_registry()._watching.get_all_handlers()
+            if h.id == "job_event"
+        ]
+        assert job_handler.labels == {LABEL_DESCENDANT: kopf.PRESENT}
+    finally:
+        memo.sweeper.stop()

@@ -66,10 +66,14 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Annotations for kopf's bookkeeping; our own events only; the controller in ``memo``."""
+    """Annotations for kopf's bookkeeping; our own events and Jobs only; controller in memo."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
+    # Only our Jobs come from the API server. Without this selector, an operator that watches
+    # all namespaces would receive every Job in the cluster, and kopf would drop it only after
+    # parsing it and queueing it.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_DESCENDANT
     settings.execution.max_workers = WORKERS
     memo.executor = settings.execution.executor
     # One connection for each thread that may call at once: the workers, the sweeper, and kopf's

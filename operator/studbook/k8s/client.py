@@ -73,6 +73,7 @@ JSON_PATCH = "application/json-patch+json"
 
 
 Connection = HTTPConnectionPool | PoolManager
+_CONNECTIONS: WeakKeyDictionary[ApiClient, tuple[Connection, str]] = WeakKeyDictionary()
 
 
 def _connection(api: ApiClient) -> tuple[Connection, str]:
@@ -90,9 +91,6 @@ def _connection(api: ApiClient) -> tuple[Connection, str]:
             found = (manager.connection_from_url(host), parse_url(host).path or "")
         _CONNECTIONS[api] = found
     return found
-
-
-_CONNECTIONS: WeakKeyDictionary[ApiClient, tuple[Connection, str]] = WeakKeyDictionary()
 
 
 def _send(
