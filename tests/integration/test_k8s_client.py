@@ -2,7 +2,7 @@
 
 They go out on the Kubernetes client's connections but past its request machinery, so each
 thing that machinery did for them is checked here: credentials of either kind, refusals as
-``ApiException`` with the status, names that need quoting, and a server URL with a path.
+``ApiException`` with their status, a server URL with a path, and a proxy.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from studbook.k8s.client import create, create_if_absent, patch_status
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.fixtures import grant, service_account_client
 from tests.manifests import example
-from tests.operator_fixtures import apply, read_resource
+from tests.operator_fixtures import apply, read_resource, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -65,7 +65,15 @@ def test_a_service_account_token_is_sent_and_its_rights_hold(
     rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
     with service_account_client(cluster, kube, namespace, "writer") as as_writer:
         grant(kube, namespace, "writer", "configmap-writer", rules)
-        create(as_writer, _config_map(namespace, "written"))  # anonymous would get 403
+
+        def written() -> bool:  # anonymous, it would stay 403
+            try:
+                return create_if_absent(as_writer, _config_map(namespace, "written"))
+            except ApiException as error:
+                assert error.status == 403  # until the RoleBinding takes effect
+                return False
+
+        wait_for(written, timeout=10, what="the token's RoleBinding to take effect")
         with pytest.raises(ApiException) as refused:
             create(as_writer, {**_config_map(namespace, "x"), "kind": "Event"})
         assert refused.value.status == 403
