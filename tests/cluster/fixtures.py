@@ -137,15 +137,25 @@ def namespace(request: pytest.FixtureRequest, kube: client.ApiClient) -> Iterato
             raise
 
 
+def service_account_token(
+    kube: client.ApiClient, namespace: str, account: str, seconds: int = 600
+) -> str:
+    """A token for an existing ServiceAccount, issued by the API server (TokenRequest)."""
+    request = {"spec": {"expirationSeconds": seconds}}
+    issued = client.CoreV1Api(kube).create_namespaced_service_account_token(
+        account, namespace, request
+    )
+    return str(issued.status.token)
+
+
 def service_account_client(
     cluster: ControlPlane, kube: client.ApiClient, namespace: str, account: str
 ) -> client.ApiClient:
     """A client that authenticates as a new ServiceAccount, with a token the API server issues."""
-    core = client.CoreV1Api(kube)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
-    token = core.create_namespaced_service_account_token(
-        account, namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
+    client.CoreV1Api(kube).create_namespaced_service_account(
+        namespace, {"metadata": {"name": account}}
+    )
+    token = service_account_token(kube, namespace, account)
     cfg = client.Configuration()
     cfg.host = cluster.server
     cfg.ssl_ca_cert = str(cluster.workdir / "pki" / "ca.crt")

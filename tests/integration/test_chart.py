@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from studbook.controllers.webhook import CONFIGURATION, SERVICE_PORT
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
-from tests.cluster.fixtures import apply_peering_crds
+from tests.cluster.fixtures import apply_peering_crds, service_account_token
 from tests.manifests import example
 from tests.operator_fixtures import (
     REPO,
@@ -65,13 +65,12 @@ def _operator_pod(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[s
 
 def _token_kubeconfig(cluster: ControlPlane, kube: client.ApiClient, sa: str, ns: str) -> Path:
     """A kubeconfig that authenticates as a ServiceAccount, with a token the API server issues."""
-    request = {"spec": {"expirationSeconds": 3600}}
-    token = client.CoreV1Api(kube).create_namespaced_service_account_token(sa, ns, request)
+    token = service_account_token(kube, ns, sa, seconds=3600)
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     context = {"cluster": admin["clusters"][0]["name"], "user": sa}
     config = {
         **admin,
-        "users": [{"name": sa, "user": {"token": token.status.token}}],
+        "users": [{"name": sa, "user": {"token": token}}],
         "contexts": [{"name": sa, "context": context}],
         "current-context": sa,
     }
