@@ -7,13 +7,16 @@ the previous one has settled (every Job finished, every Descendant terminal):
 
 1. baseline: a bare client creates, for N descendants, the Jobs the operator would create, as
    fast as it can, serially;
-2. streaming: N Descendants applied one after the other while the operator runs; the time from
-   each apply to its Job (p50, p99) and the rate at which Jobs appear;
-3. backlog: N Descendants applied while the operator is paused by a higher-priority peer, then
+2. backlog: N Descendants applied while the operator is paused by a higher-priority peer, then
    released; the rate at which it turns them into Jobs, as a ratio to the baseline (the
    operator's throughput, which the streaming rate cannot show: there the bench's own applies
    set the pace);
-4. more Descendants are applied until the namespace holds ``--population``, and the operator's
+3. streaming: N Descendants applied one after the other while the operator runs; the time from
+   each apply to its Job (p50, p99) and the rate at which Jobs appear;
+4. relisting backlog: the backlog again, now that the namespace also holds the 2N finished
+   Descendants and their Jobs of the phases before, which the operator lists again as it
+   resumes, as it would after a restart;
+5. more Descendants are applied until the namespace holds ``--population``, and the operator's
    resident memory is read once it has seen them all.
 """
 
@@ -200,6 +203,34 @@ def _hold(objects: client.CustomObjectsApi, namespace: str, held: bool) -> None:
     )
 
 
+def _backlog(
+    api: client.ApiClient,
+    objects: client.CustomObjectsApi,
+    namespace: str,
+    log_path: Path,
+    prefix: str,
+    count: int,
+) -> dict[str, Any]:
+    """Apply ``count`` Descendants while the operator is paused; its rate once released."""
+    # Each pause logs once; wait for this one.
+    paused = log_path.read_text().count(PAUSED) + 1
+    _hold(objects, namespace, True)
+    _wait(lambda: log_path.read_text().count(PAUSED) >= paused, "the operator pausing", 60)
+    _apply(objects, namespace, [f"{prefix}{i:04d}" for i in range(count)])
+    jobs = JobWatch(api, namespace, prefix, count)
+    released = time.perf_counter()
+    _hold(objects, namespace, False)
+    jobs.done.wait(600)
+    figures: dict[str, Any] = {"backlog_jobs_seen": len(jobs.seen)}
+    # Resuming (kopf noticing the peer left, then listing what it watches) is in the rate.
+    figures["backlog_first_job_s"] = round(min(jobs.seen.values()) - released, 2)
+    figures["backlog_jobs_per_s"] = round(len(jobs.seen) / (max(jobs.seen.values()) - released), 1)
+    figures["backlog_settled_s"] = round(
+        _wait(lambda: _all_terminal(api, namespace, prefix, count), f"{prefix} terminal"), 1
+    )
+    return figures
+
+
 def run(count: int, population: int, profile: str | None = None) -> dict[str, Any]:
     """The whole benchmark; returns its figures."""
     workdir = Path(tempfile.mkdtemp(prefix="studbook-bench-operator-"))
@@ -266,6 +297,9 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
         # The clock starts once the operator is up: it has validated the policy.
         _wait(policy_valid, "the operator validating the policy", timeout=120)
 
+        # The first backlog has only itself to list; the second, after the streaming phase,
+        # also the 2N finished Descendants and Jobs of the phases before it, as a restart would.
+        figures |= _backlog(api, objects, namespace, log_path, "backlog-", count)
         names = [f"stream-{i:04d}" for i in range(count)]
         jobs = JobWatch(api, namespace, "stream-", count)
         began = time.perf_counter()
@@ -280,30 +314,15 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
         figures["stream_settled_s"] = round(
             _wait(lambda: _all_terminal(api, namespace, "stream-", count), "stream terminal"), 1
         )
-
-        _hold(objects, namespace, True)
-        _wait(lambda: PAUSED in log_path.read_text(), "the operator pausing", timeout=60)
-        _apply(objects, namespace, [f"backlog-{i:04d}" for i in range(count)])
-        jobs = JobWatch(api, namespace, "backlog-", count)
-        released = time.perf_counter()
-        _hold(objects, namespace, False)
-        jobs.done.wait(600)
-        figures["backlog_jobs_seen"] = len(jobs.seen)
-        # Resuming (kopf noticing the peer left, then listing what it watches) is in the rate.
-        figures["backlog_first_job_s"] = round(min(jobs.seen.values()) - released, 2)
-        figures["backlog_jobs_per_s"] = round(
-            len(jobs.seen) / (max(jobs.seen.values()) - released), 1
-        )
-        figures["ratio_to_baseline"] = round(
-            figures["backlog_jobs_per_s"] / figures["baseline_per_s"], 2
-        )
-        figures["backlog_settled_s"] = round(
-            _wait(lambda: _all_terminal(api, namespace, "backlog-", count), "backlog terminal"), 1
-        )
+        after = _backlog(api, objects, namespace, log_path, "relisting-", count)
+        figures |= {f"relisting_{key}": value for key, value in after.items()}
+        for key in ("", "relisting_"):
+            rate = figures[f"{key}backlog_jobs_per_s"]
+            figures[f"{key}ratio_to_baseline"] = round(rate / figures["baseline_per_s"], 2)
 
         # Grow the watched population; the extra Descendants wait for a missing parent, so the
         # operator holds them all without more Jobs.
-        for i in range(2 * count, population):
+        for i in range(3 * count, population):
             body = founder(f"waiting-{i:04d}", namespace)
             body["spec"] = _example("lora-specialist")["spec"]
             objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "descendants", body)
