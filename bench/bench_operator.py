@@ -210,6 +210,7 @@ def _backlog(
     log_path: Path,
     prefix: str,
     count: int,
+    baseline_per_s: float,
 ) -> dict[str, Any]:
     """Apply ``count`` Descendants while the operator is paused; its rate once released."""
     # Each pause logs once; wait for this one.
@@ -225,6 +226,7 @@ def _backlog(
     # Resuming (kopf noticing the peer left, then listing what it watches) is in the rate.
     figures["backlog_first_job_s"] = round(min(jobs.seen.values()) - released, 2)
     figures["backlog_jobs_per_s"] = round(len(jobs.seen) / (max(jobs.seen.values()) - released), 1)
+    figures["ratio_to_baseline"] = round(figures["backlog_jobs_per_s"] / baseline_per_s, 2)
     figures["backlog_settled_s"] = round(
         _wait(lambda: _all_terminal(api, namespace, prefix, count), f"{prefix} terminal"), 1
     )
@@ -299,7 +301,8 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
 
         # The first backlog has only itself to list; the second, after the streaming phase,
         # also the 2N finished Descendants and Jobs of the phases before it, as a restart would.
-        figures |= _backlog(api, objects, namespace, log_path, "backlog-", count)
+        baseline_per_s = figures["baseline_per_s"]
+        figures |= _backlog(api, objects, namespace, log_path, "backlog-", count, baseline_per_s)
         names = [f"stream-{i:04d}" for i in range(count)]
         jobs = JobWatch(api, namespace, "stream-", count)
         began = time.perf_counter()
@@ -314,11 +317,8 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
         figures["stream_settled_s"] = round(
             _wait(lambda: _all_terminal(api, namespace, "stream-", count), "stream terminal"), 1
         )
-        after = _backlog(api, objects, namespace, log_path, "relisting-", count)
+        after = _backlog(api, objects, namespace, log_path, "relisting-", count, baseline_per_s)
         figures |= {f"relisting_{key}": value for key, value in after.items()}
-        for key in ("", "relisting_"):
-            rate = figures[f"{key}backlog_jobs_per_s"]
-            figures[f"{key}ratio_to_baseline"] = round(rate / figures["baseline_per_s"], 2)
 
         # Grow the watched population; the extra Descendants wait for a missing parent, so the
         # operator holds them all without more Jobs.
