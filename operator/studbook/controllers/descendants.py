@@ -41,7 +41,7 @@ from studbook.breeding.flow import (
 )
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
-from studbook.controllers.view import View, typed
+from studbook.controllers.view import View, forget, typed
 from studbook.k8s import jobs as builders
 from studbook.k8s.client import config_map_value, create, create_if_absent, patch_status
 from studbook.local.steps import parent_facts, step_results
@@ -153,6 +153,8 @@ class Controller:
         self._patch_if_changed(namespace, name, current_status, plan.status)
         for event in plan.events:
             self.post_event(body, event)
+        if plan.status.phase in TERMINAL:
+            forget(str(descendant.metadata.uid))
         return plan
 
     def _observe(self, descendant: Descendant, status: DescendantStatus, view: View) -> Observed:

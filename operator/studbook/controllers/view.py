@@ -23,31 +23,33 @@ Key = tuple[str, str]
 Body = dict[str, Any]
 
 
-# The latest parsed version of each object: policies, suites and parents are read on every
-# reconciliation of their dependents, but change rarely.
-_PARSED: dict[tuple[str, str], tuple[str, Resource]] = {}
+# The latest parsed version of each object by uid: policies, suites and parents are read on every
+# reconciliation of their dependents, but change rarely. A finished Descendant is forgotten (see
+# ``Controller``): nothing reconciles it again, and only one that a later Descendant names as a
+# parent is parsed again, so the cache holds what is in flight and what is depended on, not the
+# whole population.
+_PARSED: dict[str, tuple[type[Resource], str, Resource]] = {}
 _PARSED_LOCK = threading.Lock()
 
 
 def typed(cls: type[R], body: Body) -> R:
     """The typed resource of a body, parsed once per resourceVersion."""
     meta = body["metadata"]
-    key, version = (cls.__name__, str(meta.get("uid"))), str(meta.get("resourceVersion"))
+    uid, version = str(meta.get("uid")), str(meta.get("resourceVersion"))
     with _PARSED_LOCK:
-        found = _PARSED.get(key)
-    if found is not None and found[0] == version:
-        return cast(R, found[1])
+        found = _PARSED.get(uid)
+    if found is not None and found[0] is cls and found[1] == version:
+        return cast(R, found[2])
     parsed = cls.model_validate_json(json.dumps(body))
     with _PARSED_LOCK:
-        _PARSED[key] = (version, parsed)
+        _PARSED[uid] = (cls, version, parsed)
     return parsed
 
 
 def forget(uid: str) -> None:
-    """Drop a deleted object's parsed versions."""
+    """Drop an object's parsed version: it was deleted, or nothing needs it parsed any more."""
     with _PARSED_LOCK:
-        for key in [k for k in _PARSED if k[1] == uid]:
-            del _PARSED[key]
+        _PARSED.pop(uid, None)
 
 
 def indexed(body: Body) -> Body:
