@@ -39,6 +39,10 @@ TIMER_INTERVAL = 20.0
 """Seconds between sweeps over unfinished Descendants: backoff expiries need no event. One
 sweeper for all, rather than a kopf timer per object, keeps memory flat as the population grows."""
 
+LIST_CHUNK = 100
+"""Objects per page when kopf lists what it watches (at a start, or a resume after a pause): the
+whole list in one response would be decoded at once, and the peak kept by the allocator."""
+
 
 class NoDiffBase(kopf.DiffBaseStorage):
     """Keeps no last-handled state: every handler here is level-based.
@@ -75,6 +79,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # parsing it and queueing it.
     settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_DESCENDANT
     settings.execution.max_workers = WORKERS
+    settings.watching.chunk_size = LIST_CHUNK
     memo.executor = settings.execution.executor
     # One connection for each thread that may call at once: the workers, the sweeper, and kopf's
     # event loop (the webhook, the peering gate).
