@@ -44,20 +44,22 @@ def test_a_finished_descendant_is_parsed_again_only_when_named_as_a_parent(
     jobs = JobSettings(trainer_image="t", operator_image="o", artifact_volume={"emptyDir": {}})
     settings = OperatorSettings(store=str(tmp_path), jobs=jobs)
     controller = Controller(api=kube, settings=settings, post_event=lambda body, event: None)
-    uids = [str(o["metadata"]["uid"]) for o in (policy, merge, waiting)]
+    policy_uid, merge_uid, waiting_uid = (
+        str(o["metadata"]["uid"]) for o in (policy, merge, waiting)
+    )
     try:
         merge_name = merge["metadata"]["name"]
         controller.reconcile(read_resource(kube, namespace, "descendants", merge_name), view)
         rejected = read_resource(kube, namespace, "descendants", merge_name)
         assert rejected["status"]["phase"] == "Rejected"
-        assert uids[1] not in view_module._PARSED, "a finished Descendant stays parsed"
-        assert uids[0] in view_module._PARSED, "the policy it read is parsed once"
+        assert merge_uid not in view_module._PARSED, "a finished Descendant stays parsed"
+        assert policy_uid in view_module._PARSED, "the policy it read is parsed once"
 
         waiting_name = waiting["metadata"]["name"]
         controller.reconcile(read_resource(kube, namespace, "descendants", waiting_name), view)
         pending = read_resource(kube, namespace, "descendants", waiting_name)
         assert pending["status"]["phase"] == "Pending"
-        assert uids[2] in view_module._PARSED, "a waiting Descendant is swept again"
+        assert waiting_uid in view_module._PARSED, "a waiting Descendant is swept again"
 
         # Named as a parent, the finished one is parsed again, from its current version.
         parents = View(
@@ -66,7 +68,7 @@ def test_a_finished_descendant_is_parsed_again_only_when_named_as_a_parent(
         parent = parents.descendant(namespace, merge_name)
         assert parent is not None and parent.status is not None
         assert parent.status.phase == "Rejected"
-        assert view_module._PARSED[uids[1]][2] is parent
+        assert view_module._PARSED[merge_uid][2] is parent
     finally:
-        for uid in uids:
+        for uid in (policy_uid, merge_uid, waiting_uid):
             forget(uid)
