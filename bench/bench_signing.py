@@ -42,7 +42,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +195,6 @@ def main() -> None:
             operator="import",
             config_hash="sha256:" + "0" * 64,
             code_version="bench",
-            created_at=datetime.now(UTC),
         )
         ids = {
             fd: store.seal(src, lineage, params=DigestParams(file_digest=fd)).id for fd in layouts

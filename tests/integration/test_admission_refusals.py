@@ -8,7 +8,6 @@ for its specific reason and create no Job for it.
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ def _seal(store: Store, tmp_path: Path, name: str) -> str:
         operator="import",
         config_hash="sha256:" + "0" * 64,
         code_version="0.1.0",
-        created_at=datetime(2026, 11, 22, tzinfo=UTC),
     )
     return store.seal(model, lineage).id
 

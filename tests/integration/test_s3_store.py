@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,6 @@ def lineage(*parents: str) -> Lineage:
         operator="lora" if parents else "import",
         config_hash="sha256:" + "0" * 64,
         code_version="test",
-        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ def _sealed(tmp_path: Path) -> tuple[Store, str]:
         operator="import",
         config_hash="sha256:" + "0" * 64,
         code_version="0.1.0",
-        created_at=datetime(2026, 11, 22, tzinfo=UTC),
     )
     return store, store.seal(model, lineage).id
 

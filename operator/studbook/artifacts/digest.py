@@ -112,9 +112,30 @@ class FileEntry:
     sha256: str
     """Lower-case hex digest of the file (see the module docstring for large files)."""
 
+    def __post_init__(self) -> None:
+        check_package_path(self.path)
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object hashed into the id."""
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+def check_package_path(path: str) -> str:
+    """Refuse a file path that could leave the package: it must be relative POSIX segments.
+
+    A manifest is data from whoever wrote the store, so its paths are checked before any of them
+    is joined to a directory: no absolute path, no ``..`` or ``.`` or empty segment, no
+    backslash (a separator elsewhere), no control character.
+    """
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise PackageFormatError(f"not a safe path inside a package: {path!r}")
+    return path
 
 
 @dataclass(frozen=True)

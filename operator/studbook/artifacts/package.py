@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
@@ -38,7 +37,11 @@ def config_hash(config: Any) -> str:
 
 
 class Lineage(BaseModel):
-    """Where a package comes from; stored as ``lineage.json`` inside it (so the id binds it)."""
+    """Where a package comes from; stored as ``lineage.json`` inside it (so the id binds it).
+
+    It holds inputs only, so the same inputs give the same id: when and where an artifact was
+    sealed belongs in its status and its signature, never in its content.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -54,8 +57,6 @@ class Lineage(BaseModel):
     """Digest of every dataset the operator read, by dataset name."""
     code_version: str
     """The trainer's version (image digest or package version)."""
-    created_at: datetime
-    """When the files were made, in UTC."""
 
     @field_validator("parents")
     @classmethod
@@ -66,18 +67,9 @@ class Lineage(BaseModel):
             raise ValueError("a parent is listed twice")
         return value
 
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
-            raise ValueError("created_at must be in UTC")
-        return value.astimezone(UTC)
-
     def to_bytes(self) -> bytes:
         """The canonical bytes written as ``lineage.json``."""
-        data = self.model_dump(mode="json", by_alias=True)
-        data["createdAt"] = self.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return rfc8785.dumps(data)
+        return rfc8785.dumps(self.model_dump(mode="json", by_alias=True))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Lineage:

@@ -126,6 +126,8 @@ class Store:
     def manifest(self, artifact: str) -> Manifest:
         """The manifest of a package, its id recomputed and checked."""
         path = f"{self.package_path(artifact)}/{MANIFEST_FILE}"
+        if self.is_local:
+            self._refuse_links(artifact)
         try:
             raw = self.fs.cat_file(path)
         except FileNotFoundError as exc:
@@ -152,6 +154,25 @@ class Store:
     def lineage(self, artifact: str) -> Lineage:
         """The lineage record of a package, checked against the manifest."""
         return Lineage.from_bytes(self.read_file(artifact, LINEAGE_FILE))
+
+    def _refuse_links(self, artifact: str) -> None:
+        """Refuse a local package whose directories or manifest are symbolic links.
+
+        A link swapped in for ``files/`` (or the whole package) can point at the same bytes today
+        and at others tomorrow; links inside ``files/`` are refused by the listing itself.
+        """
+        base = Path(self.package_path(artifact))
+        for path in (
+            base,
+            base / "files",
+            base / MANIFEST_FILE,
+            base / SIGNATURES,
+            base / SCORECARDS,
+        ):
+            if path.is_symlink():
+                raise PackageFormatError(
+                    f"{artifact}: {path.relative_to(base.parent)} is a symbolic link"
+                )
 
     # -- integrity ------------------------------------------------------------------------
 
@@ -384,6 +405,8 @@ class Store:
         if target.exists():
             raise FileExistsError(target)
         manifest = self.manifest(artifact)
+        if self.is_local:
+            self._listing(artifact)  # refuses a symbolic link anywhere under files/
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
             tmp.mkdir(parents=True)

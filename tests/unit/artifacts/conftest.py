@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -30,7 +29,6 @@ def lineage(*parents: str, operator: str = "import") -> Lineage:
         config_hash="sha256:" + "0" * 64,
         dataset_digests={"train": "sha256:" + "1" * 64} if parents else {},
         code_version="studbook-trainer 0.1.0",
-        created_at=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
     )
 
 
