@@ -84,6 +84,42 @@ def _duplicate_parent(m: Manifest) -> None:
     m["spec"]["parents"].append({"name": "minilm-topic"})
 
 
+def _ensemble(m: Manifest) -> None:
+    m["spec"]["operator"] = {
+        "kind": "ensemble",
+        "ensemble": {"aggregation": "mean-probabilities"},
+    }
+
+
+def _router(m: Manifest) -> None:
+    m["spec"]["operator"] = {
+        "kind": "router",
+        "router": {
+            "strategy": "niche",
+            "routes": [{"parent": "minilm-topic", "taxonomy": ["classification/topic"]}],
+            "fallback": "minilm-sentiment",
+        },
+    }
+
+
+def _merge_weight_twice(m: Manifest) -> None:
+    m["spec"]["operator"]["merge"]["weights"].append({"parent": "minilm-topic", "weight": 0.5})
+
+
+def _override_weight_twice(m: Manifest) -> None:
+    m["spec"]["operator"]["merge"]["overrides"][0]["weights"].append(
+        {"parent": "minilm-sentiment", "weight": 0.5}
+    )
+
+
+def _data_twice(m: Manifest) -> None:
+    m["spec"]["data"].append({**m["spec"]["data"][0], "uri": "s3://ml-data/train/other.jsonl"})
+
+
+def _distill_student_only(m: Manifest) -> None:
+    m["spec"]["parents"] = [{"name": "minilm-sentiment"}]
+
+
 WRONG_MANIFESTS: list[WrongManifest] = [
     WrongManifest(
         "merge-one-parent", "ties-merge", _merge_one_parent, "spec.parents", "at least two parents"
@@ -332,6 +368,179 @@ WRONG_MANIFESTS: list[WrongManifest] = [
         _set("spec.searchSpace.weightRange", {"min": 2.0, "max": 0.5}),
         "spec.searchSpace.weightRange.min",
         "min must not exceed max",
+    ),
+    # What nothing runs is refused at admission, not after the breed Job's retries.
+    WrongManifest(
+        "import-format-pytorch",
+        "founder-import",
+        _set("spec.operator.import.format", "pytorch"),
+        "spec.operator.import.format",
+        "Input should be 'safetensors'",
+    ),
+    WrongManifest(
+        "import-format-gguf",
+        "founder-import",
+        _set("spec.operator.import.format", "gguf"),
+        "spec.operator.import.format",
+        "Input should be 'safetensors'",
+    ),
+    WrongManifest(
+        "import-pvc-uri",
+        "founder-import",
+        _set("spec.operator.import.uri", "pvc://models/minilm"),
+        "spec.operator.import.uri",
+        "pvc:// URIs are not supported",
+    ),
+    WrongManifest(
+        "data-pvc-uri",
+        "lora-specialist",
+        _set("spec.data.0.uri", "pvc://ml-data/train/reviews.jsonl"),
+        "spec.data[0].uri",
+        "pvc:// URIs are not supported",
+    ),
+    WrongManifest(
+        "suite-pvc-uri",
+        "suite",
+        _set("spec.datasets.0.uri", "pvc://ml-data/eval/sentiment.jsonl"),
+        "spec.datasets[0].uri",
+        "pvc:// URIs are not supported",
+    ),
+    WrongManifest(
+        "ensemble-not-yet-supported",
+        "ties-merge",
+        _ensemble,
+        "spec.operator.kind",
+        "operator ensemble is not yet supported",
+    ),
+    WrongManifest(
+        "router-not-yet-supported",
+        "ties-merge",
+        _router,
+        "spec.operator.kind",
+        "operator router is not yet supported",
+    ),
+    WrongManifest(
+        "quantize-int4",
+        "quantization",
+        _set("spec.operator.quantize.scheme", "int4-weight-only"),
+        "spec.operator.quantize.scheme",
+        "Input should be 'int8-weight-only'",
+    ),
+    WrongManifest(
+        "quantize-per-tensor",
+        "quantization",
+        _set("spec.operator.quantize.granularity", "per-tensor"),
+        "spec.operator.quantize.granularity",
+        "Input should be 'per-channel'",
+    ),
+    WrongManifest(
+        "quantize-group-size",
+        "quantization",
+        _set("spec.operator.quantize.groupSize", 128),
+        "spec.operator.quantize.groupSize",
+        "Extra inputs are not permitted",
+    ),
+    WrongManifest(
+        "compatibility-nf4",
+        "quantization",
+        _set("spec.compatibility.quantization", "nf4"),
+        "spec.compatibility.quantization",
+        "Input should be 'none' or 'int8'",
+    ),
+    # Mistakes that used to surface late (or never) are refused with their field.
+    WrongManifest(
+        "merge-weight-parent-twice",
+        "ties-merge",
+        _merge_weight_twice,
+        "spec.operator.merge.weights",
+        "must not list a parent twice",
+    ),
+    WrongManifest(
+        "merge-override-weight-parent-twice",
+        "ties-merge",
+        _override_weight_twice,
+        "spec.operator.merge.overrides[0].weights",
+        "must not list a parent twice",
+    ),
+    WrongManifest(
+        "data-name-twice", "lora-specialist", _data_twice, "spec.data", "data names must be unique"
+    ),
+    WrongManifest(
+        "distill-without-teacher",
+        "distillation",
+        _distill_student_only,
+        "spec.parents",
+        "distill needs a teacher",
+    ),
+    WrongManifest(
+        "distill-causal-lm",
+        "distillation",
+        _set("spec.operator.distill.task", "causal-lm"),
+        "spec.operator.distill.task",
+        "sequence-classification only",
+    ),
+    WrongManifest(
+        "suite-accuracy-threshold-over-one",
+        "suite",
+        _set("spec.thresholds.0.min", 1.5),
+        "spec.thresholds[0].min",
+        "must lie in [0, 1]",
+    ),
+    WrongManifest(
+        "suite-ece-threshold-negative",
+        "suite",
+        _set("spec.thresholds.1.max", -0.1),
+        "spec.thresholds[1].max",
+        "must lie in [0, 1]",
+    ),
+    WrongManifest(
+        "suite-threshold-min-over-max",
+        "suite",
+        _set("spec.thresholds.0.max", 0.5),
+        "spec.thresholds[0].min",
+        "min must not exceed max",
+    ),
+    WrongManifest(
+        "suite-threshold-without-bounds",
+        "suite",
+        _delete("spec.thresholds.0.min"),
+        "spec.thresholds[0].min",
+        "needs min, max or both",
+    ),
+    WrongManifest(
+        "policy-min-accuracy-over-one",
+        "policy",
+        _set("spec.evaluationGates.minMetrics.accuracy", 1.5),
+        "spec.evaluationGates.minMetrics",
+        "must lie in [0, 1]",
+    ),
+    WrongManifest(
+        "policy-max-ece-by-dataset-negative",
+        "policy",
+        _set("spec.evaluationGates.maxMetrics", {"sentiment-gate/ece": -0.05}),
+        "spec.evaluationGates.maxMetrics",
+        "must lie in [0, 1]",
+    ),
+    WrongManifest(
+        "policy-min-over-max",
+        "policy",
+        _set("spec.evaluationGates.maxMetrics", {"accuracy": 0.5}),
+        "spec.evaluationGates.minMetrics",
+        "must not exceed its maxMetrics",
+    ),
+    WrongManifest(
+        "policy-negative-niche-regression",
+        "policy",
+        _set("spec.evaluationGates.maxNicheRegression", -0.01),
+        "spec.evaluationGates.maxNicheRegression",
+        "greater than or equal to 0",
+    ),
+    WrongManifest(
+        "promotion-min-accuracy-over-one",
+        "promotion",
+        _set("spec.gates.minMetrics.sentiment-gate/accuracy", 1.2),
+        "spec.gates.minMetrics",
+        "must lie in [0, 1]",
     ),
     WrongManifest(
         "run-generations-string",

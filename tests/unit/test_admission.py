@@ -8,7 +8,7 @@ import pytest
 from tests.builders import Body, Parent
 
 from studbook.api import reasons
-from studbook.breeding.admission import ParentFacts, admit
+from studbook.breeding.admission import ParentFacts, admit, gpu_hours_bound
 
 TIES_PARENTS = ("minilm-base", "minilm-sentiment", "minilm-topic")
 
@@ -78,6 +78,38 @@ def _cases() -> list[Case]:
             reasons.BUDGET_EXCEEDED,
             "spec.resources.gpus",
             "GPUs 16",
+        ),
+        Case(
+            "gpu-hours-over-budget",
+            # 1 GPU x 10 h x (breed + evaluate) x (1 + backoffLimit 2) = 60 > 48.
+            Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", 36_000),
+            _facts(Parent("minilm-base")),
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.activeDeadlineSeconds",
+            "GPU hours 60 exceed the budget of 48",
+        ),
+        Case(
+            "gpu-hours-unbounded",
+            Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", None),
+            _facts(Parent("minilm-base")),
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.activeDeadlineSeconds",
+            "without activeDeadlineSeconds are unbounded",
+        ),
+        Case(
+            "gpu-hours-within-budget-with-fewer-retries",
+            Body.of("lora-specialist")
+            .set("spec.resources.activeDeadlineSeconds", 36_000)
+            .set("spec.resources.backoffLimit", 1),
+            _facts(Parent("minilm-base")),
+            None,
+        ),
+        Case(
+            "gpu-hours-unbounded-without-policy-limit",
+            Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", None),
+            _facts(Parent("minilm-base")),
+            None,
+            policy=Body.of("policy").set("spec.mutationBudget.maxGpuHours", None),
         ),
         Case(
             "parent-failed",
@@ -222,3 +254,13 @@ def test_every_refusal_is_reported_and_restrictions_inherited() -> None:
     fields = {r.field for r in decision.refusals}
     assert {"spec.operator.lora.rank", "spec.operator.lora.steps"} <= fields
     assert decision.restrictions == {"research-only", "eu-only"}
+
+
+def test_gpu_hours_bound_counts_every_gpu_job_attempt() -> None:
+    spec = Body.of("lora-specialist").descendant().spec
+    # 1 GPU x 4 h x 2 GPU steps x 3 attempts.
+    assert gpu_hours_bound(spec) == 24.0
+    cpu_only = Body.of("ties-merge").descendant().spec
+    assert gpu_hours_bound(cpu_only) == 0.0
+    unbounded = Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", None)
+    assert gpu_hours_bound(unbounded.descendant().spec) is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from tests.builders import Body
 
 from studbook.api.policy import EvaluationGates, PromotionGates
@@ -175,3 +177,35 @@ def test_scorecard_refuses_duplicate_metric() -> None:
     metric = {"dataset": "topic-gate", "metric": "accuracy", "value": 0.8, "n": 10}
     with pytest.raises(ValueError, match="may appear once"):
         scorecard(metrics=[metric, metric])
+
+
+@pytest.mark.parametrize(
+    ("gates", "words"),
+    [
+        ({"minMetrics": {"accuracy": 1.5}}, "minMetrics: bounds of accuracy"),
+        ({"minMetrics": {"sentiment-gate/macro_f1": -0.1}}, "must lie in [0, 1]"),
+        ({"maxMetrics": {"ece": -0.01}}, "maxMetrics: bounds of accuracy"),
+        (
+            {"minMetrics": {"accuracy": 0.9}, "maxMetrics": {"accuracy": 0.8}},
+            "minMetrics must not exceed its maxMetrics",
+        ),
+        ({"maxNicheRegression": -0.05}, "greater than or equal to 0"),
+        ({"maxCalibrationError": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_gates_no_model_can_pass_are_refused(gates: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        EvaluationGates.model_validate(gates)
+
+
+def test_unbounded_metrics_keep_any_bound() -> None:
+    gates = EvaluationGates.model_validate(
+        {"minMetrics": {"custom": 7.0}, "maxMetrics": {"perplexity": 40.0, "latency_ms": 250.0}}
+    )
+    assert gates.max_metrics["perplexity"] == 40.0
+    assert "sentiment-gate/latency_ms" not in " ".join(evaluation_gate(scorecard(), gates).reasons)
+
+
+def test_promotion_min_metric_over_one_is_refused() -> None:
+    with pytest.raises(ValidationError, match=re.escape("must lie in [0, 1]")):
+        PromotionGateSpec.model_validate({"minMetrics": {"sentiment-gate/accuracy": 1.01}})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,9 @@ QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 """A Go duration such as ``90s``, ``10m`` or ``1h30m``."""
+
+NO_PVC_MESSAGE = "pvc:// URIs are not supported: use a path, or a file://, s3:// or gs:// URI"
+"""Why a ``pvc://`` location is refused: nothing mounts a PersistentVolumeClaim for it."""
 
 Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
 Digest = Annotated[str, Field(pattern=SHA256_DIGEST, max_length=71)]
@@ -94,7 +97,9 @@ class Resources(ApiModel):
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 2
     """Retries of a failed Job before the descendant fails."""
     active_deadline_seconds: Annotated[int, Field(ge=60)] | None = None
-    """Wall-clock limit of one Job attempt."""
+    """Wall-clock limit of one Job attempt (the Job's ``activeDeadlineSeconds``: Kubernetes ends
+    the attempt when it is reached). It bounds the GPU hours a descendant can spend: under a
+    policy with ``mutationBudget.maxGpuHours``, a descendant that asks for GPUs must set it."""
 
 
 class Compatibility(ApiModel):
@@ -108,8 +113,10 @@ class Compatibility(ApiModel):
     """The tokenizer identity (name plus digest); weight-space methods need it equal."""
     runtime: Literal["transformers", "vllm", "onnx", "llamacpp", "triton"] = "transformers"
     """The serving runtime the artifact is built for."""
-    quantization: Literal["none", "int8", "int4", "fp8", "nf4"] = "none"
-    """The weight quantization of the artifact."""
+    quantization: Literal["none", "int8"] = "none"
+    """The weight quantization of the artifact: ``none`` (floating point) or ``int8`` (what the
+    ``quantize`` operator makes: int8 weight-only, one scale per output channel). No operator or
+    runtime handles int4, fp8 or nf4 weights, so they are not offered."""
     adapter_format: Literal["none", "peft-lora"] = "none"
     """Whether the artifact is an adapter over its base, and in which format."""
 
@@ -120,13 +127,23 @@ class DatasetRef(ApiModel):
     name: Name
     """The dataset's name, unique within the resource; configs refer to it by this name."""
     uri: ShortText
-    """Where the dataset lives: a path, ``file://``, ``s3://``, ``gs://`` or ``pvc://`` URI."""
+    """Where the dataset lives: a path, or a ``file://``, ``s3://`` or ``gs://`` URI. ``pvc://``
+    is refused: no Job mounts a PersistentVolumeClaim for data."""
     digest: Digest
     """The SHA-256 of the dataset's content; a mismatch refuses the dataset before use."""
     license: Spdx | None = None
     """The dataset's licence, as an SPDX identifier."""
     restrictions: Annotated[list[Annotated[str, Field(max_length=63)]], Field(max_length=16)] = []
     """Use restrictions that travel with the data, for example ``no-commercial`` or ``pii``."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!self.uri.startsWith('pvc://')",
+            message=NO_PVC_MESSAGE,
+            check=lambda d: not d.uri.startswith("pvc://"),
+            field_path=".uri",
+        ),
+    )
 
 
 class TrainingData(DatasetRef):

@@ -56,6 +56,14 @@ def _named_parents_exist(spec: Any) -> bool:
     return set(wanted) <= names
 
 
+def _has_teacher(spec: Any) -> bool:
+    """A distill has a teacher: a parent that is not the student."""
+    op = spec.operator
+    if op.kind != "distill":
+        return True
+    return len(spec.parents) > (1 if op.distill.student.parent else 0)
+
+
 def _datasets_declared(spec: Any) -> bool:
     config = spec.operator.config
     declared = {d.name for d in spec.data}
@@ -182,6 +190,20 @@ class DescendantSpec(ApiModel):
             message="operator.distill.student.parent must name a parent listed in parents",
             check=lambda s: s.operator.kind != "distill" or _named_parents_exist(s),
             field_path=".operator.distill.student.parent",
+        ),
+        Rule(
+            cel="self.operator.kind != 'distill' || !has(self.operator.distill)"
+            " || size(self.parents) > (has(self.operator.distill.student)"
+            " && has(self.operator.distill.student.parent) ? 1 : 0)",
+            message="distill needs a teacher: a parent other than operator.distill.student.parent",
+            check=_has_teacher,
+            field_path=".parents",
+        ),
+        Rule(
+            cel="!has(self.data) || self.data.all(a, self.data.exists_one(b, b.name == a.name))",
+            message="data names must be unique",
+            check=lambda s: len({d.name for d in s.data}) == len(s.data),
+            field_path=".data",
         ),
         Rule(
             cel=" && ".join(

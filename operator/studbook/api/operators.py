@@ -6,12 +6,12 @@ member of the same name holds its configuration.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from studbook.api.base import ApiModel, OneOf, Rule
-from studbook.api.common import Digest, Fraction, Name, OperatorKind, ShortText
+from studbook.api.common import NO_PVC_MESSAGE, Digest, Fraction, Name, OperatorKind, ShortText
 
 Names = Annotated[list[Name], Field(max_length=32)]
 ModuleNames = Annotated[
@@ -33,8 +33,18 @@ class ImportConfig(ApiModel):
     """Where the founder lives: a local path or an fsspec URI (``file://``, ``s3://``, ``gs://``)."""
     digest: Digest
     """The expected Studbook artifact id of the founder's files; a mismatch refuses the import."""
-    format: Literal["safetensors", "pytorch", "gguf"] = "safetensors"
-    """The weight format of the source."""
+    format: Literal["safetensors"] = "safetensors"
+    """The weight format of the source; only ``safetensors`` is imported (PyTorch pickles and
+    GGUF files are not)."""
+
+    rules = (
+        Rule(
+            cel="!self.uri.startsWith('pvc://')",
+            message=NO_PVC_MESSAGE,
+            check=lambda c: not c.uri.startswith("pvc://"),
+            field_path=".uri",
+        ),
+    )
 
 
 class TrainingConfig(ApiModel):
@@ -61,7 +71,7 @@ class TrainingConfig(ApiModel):
     seed: Seed = 0
     """Seed of data order, dropout and initialisation."""
 
-    rules = (
+    rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.task != 'sequence-classification' || has(self.numLabels)",
             message="numLabels is required for task sequence-classification",
@@ -145,29 +155,31 @@ class DistillConfig(TrainingConfig):
     agreement: AgreementFilter = AgreementFilter()
     """Which teacher outputs become training labels."""
 
+    rules = (
+        *TrainingConfig.rules,
+        Rule(
+            cel="self.task == 'sequence-classification'",
+            message="distill supports task sequence-classification only",
+            check=lambda c: c.task == "sequence-classification",
+            field_path=".task",
+        ),
+    )
+
 
 class QuantizeConfig(ApiModel):
     """Lower-precision weights for cheaper serving."""
 
-    scheme: Literal["int8-weight-only", "int4-weight-only"]
-    """Weight-only integer quantization; activations stay in floating point."""
-    granularity: Literal["per-channel", "per-tensor", "per-group"] = "per-channel"
-    """What one scale covers."""
-    group_size: Annotated[int, Field(ge=8, le=4096)] | None = None
-    """Columns per scale with granularity per-group."""
+    scheme: Literal["int8-weight-only"]
+    """Weight-only integer quantization: int8 weights (symmetric, scale ``max|w| / 127``) in
+    every linear and embedding layer not skipped; activations stay in floating point. The
+    artifact's ``compatibility.quantization`` is ``int8``."""
+    granularity: Literal["per-channel"] = "per-channel"
+    """What one scale covers: one per output channel of a linear layer (one per row of an
+    embedding table)."""
     skip_modules: ModuleNames = []
     """Glob patterns of modules kept in full precision, for example a classifier head."""
     calibration_dataset: Name | None = None
     """An entry in ``spec.data`` used to measure the quantization error."""
-
-    rules = (
-        Rule(
-            cel="(self.granularity == 'per-group') == has(self.groupSize)",
-            message="groupSize is required with granularity per-group, and only then",
-            check=lambda c: (c.granularity == "per-group") == (c.group_size is not None),
-            field_path=".groupSize",
-        ),
-    )
 
 
 class PruneConfig(ApiModel):
@@ -245,6 +257,16 @@ class MergeOverride(ApiModel):
     parameters: MergeParameters | None = None
     """Method parameters for these tensors."""
 
+    rules = (
+        Rule(
+            cel="!has(self.weights)"
+            " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
+            message="weights must not list a parent twice",
+            check=lambda o: len({w.parent for w in o.weights or []}) == len(o.weights or []),
+            field_path=".weights",
+        ),
+    )
+
 
 class MergeConfig(ApiModel):
     """A weight-space merge of compatible parents."""
@@ -265,6 +287,13 @@ class MergeConfig(ApiModel):
     """Seed of random sparsification (DARE)."""
 
     rules = (
+        Rule(
+            cel="!has(self.weights)"
+            " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
+            message="weights must not list a parent twice",
+            check=lambda c: len({w.parent for w in c.weights}) == len(c.weights),
+            field_path=".weights",
+        ),
         Rule(
             cel="!(self.method in " + str(sorted(METHODS_WITH_BASE)) + ") || has(self.base)",
             message="base is required for task-vector methods and model_stock",
@@ -298,6 +327,16 @@ class EnsembleConfig(ApiModel):
     """How member outputs are combined."""
     weights: Annotated[list[ParentWeight], Field(max_length=32)] = []
     """Per-member weights; members left out weigh 1."""
+
+    rules = (
+        Rule(
+            cel="!has(self.weights)"
+            " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
+            message="weights must not list a parent twice",
+            check=lambda c: len({w.parent for w in c.weights}) == len(c.weights),
+            field_path=".weights",
+        ),
+    )
 
 
 class Route(ApiModel):
@@ -333,11 +372,27 @@ class RouterConfig(ApiModel):
     )
 
 
+NOT_YET_SUPPORTED: tuple[str, ...] = ("ensemble", "router")
+"""Operators whose configuration the API knows but that nothing runs yet: serving does not
+implement coalitions, so admission refuses them instead of failing the breed Job after its
+retries."""
+
+
+def _not_yet_supported(kind: str) -> Rule:
+    """The rule that refuses operator ``kind``."""
+    return Rule(
+        cel=f"self.kind != '{kind}'",
+        message=f"operator {kind} is not yet supported: no serving runtime runs it",
+        check=lambda o: o.kind != kind,
+        field_path=".kind",
+    )
+
+
 class OperatorSpec(OneOf):
     """The operator that breeds the descendant; ``kind`` names it and its member configures it."""
 
     kind: OperatorKind
-    """The operator."""
+    """The operator. ``ensemble`` and ``router`` are not yet supported and are refused."""
     import_: ImportConfig | None = Field(default=None, alias="import")
     """Configuration of ``import``: a founder from outside."""
     finetune: FinetuneConfig | None = None
@@ -353,9 +408,11 @@ class OperatorSpec(OneOf):
     merge: MergeConfig | None = None
     """Configuration of ``merge``."""
     ensemble: EnsembleConfig | None = None
-    """Configuration of ``ensemble``."""
+    """Configuration of ``ensemble`` (not yet supported: refused at admission)."""
     router: RouterConfig | None = None
-    """Configuration of ``router``."""
+    """Configuration of ``router`` (not yet supported: refused at admission)."""
+
+    rules = tuple(_not_yet_supported(kind) for kind in NOT_YET_SUPPORTED)
 
     @property
     def config(self) -> ApiModel:

@@ -18,6 +18,7 @@ from studbook.api.common import (
     Spdx,
 )
 from studbook.api.resource import CrdInfo, PrinterColumn, Resource
+from studbook.api.suite import bounded_map_rule
 
 
 class MutationBudget(ApiModel):
@@ -38,7 +39,11 @@ class MutationBudget(ApiModel):
     max_gpus: Annotated[int, Field(ge=0, le=64)] = 8
     """Most GPUs one Job may ask for."""
     max_gpu_hours: Annotated[float, Field(ge=0.0)] | None = None
-    """Most GPU hours one descendant may spend."""
+    """Most GPU hours one descendant may spend. Enforced at admission against what the
+    descendant's resources bound: ``gpus`` times ``activeDeadlineSeconds`` times the GPU Jobs
+    it may run (breed and evaluate, each up to ``1 + backoffLimit`` attempts). A descendant
+    that asks for GPUs without ``activeDeadlineSeconds`` is unbounded and refused. At run time
+    Kubernetes ends each Job attempt at its ``activeDeadlineSeconds``."""
 
 
 class CompatibilityRules(ApiModel):
@@ -128,15 +133,32 @@ class EvaluationGates(ApiModel):
     """What a scorecard must show before a descendant becomes a candidate."""
 
     min_metrics: Annotated[dict[str, float], Field(max_length=32)] = {}
-    """Lowest allowed value of metrics where higher is better, by name."""
+    """Lowest allowed value of metrics where higher is better, by name (``accuracy``) or by
+    ``<dataset>/<metric>``; within [0, 1] for accuracy, macro_f1, exact_match and ece."""
     max_metrics: Annotated[dict[str, float], Field(max_length=32)] = {}
-    """Highest allowed value of metrics where lower is better (perplexity, latency), by name."""
+    """Highest allowed value of metrics where lower is better (perplexity, latency), by name or
+    by ``<dataset>/<metric>``; within [0, 1] for accuracy, macro_f1, exact_match and ece, and
+    not below the same metric's ``minMetrics``."""
     min_net_gain: float | None = None
     """Least objective gain over the best parent."""
     max_niche_regression: Fraction | None = None
-    """Largest drop on any parent's niche probe."""
+    """Largest drop on any parent's niche probe, within [0, 1]."""
     max_calibration_error: Fraction | None = None
-    """Largest expected calibration error."""
+    """Largest expected calibration error, within [0, 1]."""
+
+    rules = (
+        bounded_map_rule("minMetrics", "min_metrics"),
+        bounded_map_rule("maxMetrics", "max_metrics"),
+        Rule(
+            cel="!has(self.minMetrics) || !has(self.maxMetrics) || self.minMetrics.all(k,"
+            " !(k in self.maxMetrics) || self.minMetrics[k] <= self.maxMetrics[k])",
+            message="a metric's minMetrics must not exceed its maxMetrics: no model could pass",
+            check=lambda g: all(
+                v <= g.max_metrics[k] for k, v in g.min_metrics.items() if k in g.max_metrics
+            ),
+            field_path=".minMetrics",
+        ),
+    )
 
 
 class TierGate(ApiModel):

@@ -10,6 +10,7 @@ from pydantic import Field
 from studbook.api.base import ApiModel, Rule
 from studbook.api.common import Conditions, Duration, Name
 from studbook.api.resource import CrdInfo, PrinterColumn, Resource
+from studbook.api.suite import bounded_map_rule
 
 
 class InferenceServiceTarget(ApiModel):
@@ -73,9 +74,12 @@ class PromotionGateSpec(ApiModel):
     require_pass_verdict: bool = True
     """The scorecard verdict must be ``pass``."""
     min_metrics: Annotated[dict[str, float], Field(max_length=32)] = {}
-    """Least value of metrics, by ``<dataset>/<metric>``."""
+    """Least value of metrics, by ``<dataset>/<metric>``; within [0, 1] for accuracy, macro_f1,
+    exact_match and ece."""
     approvals: Annotated[list[Approval], Field(max_length=16)] = []
     """Approvals given."""
+
+    rules = (bounded_map_rule("minMetrics", "min_metrics"),)
 
 
 class PromotionSpec(ApiModel):

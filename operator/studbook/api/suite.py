@@ -30,6 +30,7 @@ class SuiteDataset(DatasetRef):
     """Evaluate on the first ``limit`` examples only."""
 
     rules = (
+        *DatasetRef.rules,
         Rule(
             cel="(self.task == 'custom') == has(self.customTask)",
             message="customTask is required for task custom, and only then",
@@ -43,6 +44,36 @@ MetricName = Literal[
     "accuracy", "macro_f1", "perplexity", "exact_match", "ece", "latency_ms", "size_bytes", "custom"
 ]
 
+BOUNDED_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "exact_match", "ece")
+"""Metrics that are fractions: every value, and so every bound on one, lies in [0, 1]."""
+
+BOUNDED_MESSAGE = "bounds of accuracy, macro_f1, exact_match and ece must lie in [0, 1]"
+
+
+def is_bounded_metric(key: str) -> bool:
+    """Whether a metric name, bare or as ``<dataset>/<metric>``, names a fraction metric."""
+    return key.rsplit("/", 1)[-1] in BOUNDED_METRICS
+
+
+def bounded_metric_cel(var: str) -> str:
+    """CEL for :func:`is_bounded_metric` of the string ``var``."""
+    names = ", ".join(f"'{m}'" for m in BOUNDED_METRICS)
+    suffixes = " || ".join(f"{var}.endsWith('/{m}')" for m in BOUNDED_METRICS)
+    return f"({var} in [{names}] || {suffixes})"
+
+
+def bounded_map_rule(field: str, attr: str) -> Rule:
+    """A rule on a map of metric bounds: those of fraction metrics lie in [0, 1]."""
+    return Rule(
+        cel=f"!has(self.{field}) || self.{field}.all(k, !{bounded_metric_cel('k')}"
+        f" || (self.{field}[k] >= 0.0 && self.{field}[k] <= 1.0))",
+        message=f"{field}: {BOUNDED_MESSAGE}",
+        check=lambda g: all(
+            0.0 <= v <= 1.0 for k, v in getattr(g, attr).items() if is_bounded_metric(k)
+        ),
+        field_path=f".{field}",
+    )
+
 
 class MetricSpec(ApiModel):
     """A metric the suite reports."""
@@ -55,6 +86,21 @@ class MetricSpec(ApiModel):
     """Whether higher or lower is better."""
 
 
+def _bounded_threshold(bound: str) -> Rule:
+    """The rule that keeps a threshold's ``bound`` of a fraction metric in [0, 1]."""
+    return Rule(
+        cel=f"!(self.metric in {list(BOUNDED_METRICS)}) || !has(self.{bound})"
+        f" || (self.{bound} >= 0.0 && self.{bound} <= 1.0)",
+        message=f"{bound}: {BOUNDED_MESSAGE}",
+        check=lambda t: (
+            t.metric not in BOUNDED_METRICS
+            or getattr(t, bound) is None
+            or 0.0 <= getattr(t, bound) <= 1.0
+        ),
+        field_path=f".{bound}",
+    )
+
+
 class Threshold(ApiModel):
     """Bounds a metric must stay within for the verdict ``pass``."""
 
@@ -63,9 +109,27 @@ class Threshold(ApiModel):
     dataset: Name
     """The dataset the metric is computed on."""
     min: float | None = None
-    """Lowest passing value."""
+    """Lowest passing value; within [0, 1] for accuracy, macro_f1, exact_match and ece."""
     max: float | None = None
-    """Highest passing value."""
+    """Highest passing value; within [0, 1] for accuracy, macro_f1, exact_match and ece, and not
+    below ``min``."""
+
+    rules = (
+        Rule(
+            cel="has(self.min) || has(self.max)",
+            message="a threshold needs min, max or both",
+            check=lambda t: t.min is not None or t.max is not None,
+            field_path=".min",
+        ),
+        Rule(
+            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="min must not exceed max: no value could pass",
+            check=lambda t: t.min is None or t.max is None or t.min <= t.max,
+            field_path=".min",
+        ),
+        _bounded_threshold("min"),
+        _bounded_threshold("max"),
+    )
 
 
 class NicheProbe(ApiModel):

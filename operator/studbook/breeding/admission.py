@@ -109,6 +109,50 @@ def _merge_weights(config: MergeConfig) -> Iterator[tuple[str, float]]:
             yield f"spec.operator.merge.overrides[{i}].weights[{j}].weight", w.weight
 
 
+GPU_STEPS = ("breed", "evaluate")
+"""The steps whose Jobs get the descendant's GPUs (signing needs none)."""
+
+
+def gpu_hours_bound(spec: DescendantSpec) -> float | None:
+    """The most GPU hours a descendant's Jobs can spend, or ``None`` when nothing bounds them.
+
+    Each GPU Job attempt ends at ``activeDeadlineSeconds``; each GPU step runs at most
+    ``1 + backoffLimit`` attempts.
+    """
+    resources = spec.resources
+    if resources.gpus == 0:
+        return 0.0
+    if resources.active_deadline_seconds is None:
+        return None
+    attempts = len(GPU_STEPS) * (1 + resources.backoff_limit)
+    return resources.gpus * resources.active_deadline_seconds / 3600 * attempts
+
+
+def _gpu_hours(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusal]:
+    limit = policy.mutation_budget.max_gpu_hours
+    if limit is None:
+        return
+    bound = gpu_hours_bound(spec)
+    resources = spec.resources
+    if bound is None:
+        yield Refusal(
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.activeDeadlineSeconds",
+            f"the policy allows at most {limit:g} GPU hours per descendant, but"
+            f" {resources.gpus} GPU(s) without activeDeadlineSeconds are unbounded: set"
+            " resources.activeDeadlineSeconds",
+        )
+    elif bound > limit:
+        attempts = len(GPU_STEPS) * (1 + resources.backoff_limit)
+        yield Refusal(
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.activeDeadlineSeconds",
+            f"GPU hours {bound:g} exceed the budget of {limit:g}: {resources.gpus} GPU(s) for up"
+            f" to {resources.active_deadline_seconds}s in each of {attempts} Job attempts"
+            f" (breed and evaluate, 1 + backoffLimit {resources.backoff_limit} each)",
+        )
+
+
 def _budget(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusal]:
     budget = policy.mutation_budget
     op = spec.operator
@@ -303,7 +347,7 @@ def admit(
     such parent exists. Every refusal is reported, not only the first; what can be judged
     without the missing parents is judged at once.
     """
-    refusals = [*_operator(spec, policy), *_budget(spec, policy)]
+    refusals = [*_operator(spec, policy), *_budget(spec, policy), *_gpu_hours(spec, policy)]
     parent_refusals, waiting, missing = _parents(spec, policy, parents)
     refusals += parent_refusals
     known = [facts for ref in spec.parents if (facts := parents.get(ref.name)) is not None]
