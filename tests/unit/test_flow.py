@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from studbook.api import reasons
 from studbook.api.descendant import (
     ArtifactStatus,
@@ -12,6 +14,7 @@ from studbook.api.descendant import (
     LineageStatus,
     ScorecardSummary,
 )
+from studbook.api.task import EXIT_FAILED, EXIT_REFUSED
 from studbook.breeding.admission import Decision, Refusal
 from studbook.breeding.flow import (
     BreedResult,
@@ -207,3 +210,53 @@ def test_refusal_wins_over_missing_references() -> None:
         )
     )
     assert plan.status.phase == "Rejected" and plan.create == ()
+
+
+def test_a_refused_step_fails_at_once_with_its_reason() -> None:
+    why = "dataset 'train' (data/train.jsonl) hashes to sha256:aa, the task pins sha256:bb"
+    refused = job("breed", 1, "Failed", reason=why, exit_code=EXIT_REFUSED, finished_at=T0)
+    plan = reconcile(observe(jobs=refused, now=T0 + timedelta(minutes=5)))
+    assert plan.create == () and plan.requeue_after is None
+    assert plan.status.phase == "Failed"
+    assert plan.status.message == f"breed failed: {why}"
+    assert cond(plan, reasons.BRED) == ("False", reasons.STEP_REFUSED)
+    assert cond(plan, reasons.READY) == ("False", reasons.STEP_REFUSED)
+    assert [(j.attempt, j.reason) for j in plan.status.jobs] == [(1, why)]
+    assert [e.type for e in plan.events] == ["Warning"]
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "phase", "create"),
+    [
+        (EXIT_REFUSED, "Failed", ()),
+        (EXIT_FAILED, "Breeding", (("breed", 2),)),
+        (137, "Breeding", (("breed", 2),)),
+        (None, "Breeding", (("breed", 2),)),
+    ],
+)
+def test_only_a_refusal_is_not_retried(
+    exit_code: int | None, phase: str, create: tuple[tuple[str, int], ...]
+) -> None:
+    failed = job("breed", 1, "Failed", reason="why", exit_code=exit_code, finished_at=T0)
+    plan = reconcile(observe(jobs=failed, now=T0 + timedelta(minutes=5)))
+    assert plan.status.phase == phase and plan.create == create
+
+
+def test_a_refused_evaluation_fails_the_descendant_with_the_artifact_kept() -> None:
+    why = "dataset topic-gate (t.jsonl) hashes to sha256:aa, the suite pins sha256:bb"
+    jobs = {
+        **job("breed", 1, "Succeeded", finished_at=T0),
+        **job("evaluate", 1, "Failed", reason=why, exit_code=EXIT_REFUSED, finished_at=T0),
+    }
+    plan = reconcile(observe(jobs=jobs, breed=BREED, now=T0 + timedelta(minutes=5)))
+    assert plan.create == () and plan.status.phase == "Failed"
+    assert plan.status.message == f"evaluate failed: {why}"
+    assert plan.status.artifact == BREED.artifact
+
+
+def test_a_failed_attempt_says_why_while_its_retry_waits() -> None:
+    failed = job("breed", 1, "Failed", reason="CUDA out of memory", finished_at=T0)
+    waiting = reconcile(observe(jobs=failed, now=T0 + timedelta(seconds=3)))
+    assert waiting.create == () and waiting.status.phase == "Breeding"
+    assert waiting.status.message == "breed attempt 1 failed: CUDA out of memory"
+    assert waiting.status.jobs[0].reason == "CUDA out of memory"

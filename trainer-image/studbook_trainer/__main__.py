@@ -3,8 +3,11 @@
 ``evaluate`` hands over to the evaluation harness (``studbook_trainer.evaluation``);
 ``operators`` lists the operators and merge methods with their references.
 
-Exit status: 0 on success, 2 for a task that cannot run as written (unknown operator, missing
-parent, incompatible parents, configuration out of range), 1 for anything else.
+Exit status: 0 on success; 2 (``studbook.api.task.EXIT_REFUSED``) for a step that cannot run as
+written, which no retry changes (unknown operator, missing parent, incompatible parents,
+configuration out of range, a refused file, data that does not match its digest); 1 for
+anything else. The reason, one sentence, ends stderr and is the termination message
+(:mod:`studbook_trainer.failures`).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_command(args)
 
-    from studbook_trainer.merge import IncompatibleParentsError, MergeConfigError
-    from studbook_trainer.operators import OPERATORS, OperatorError
-    from studbook_trainer.task import TaskError, load_task
+    from studbook_trainer.failures import report
+    from studbook_trainer.operators import OPERATORS
+    from studbook_trainer.task import load_task
 
     if args.command == "operators":
         from studbook_trainer.merge import METHODS
@@ -58,14 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = load_task(args.task)
         run_task(task)
-    except (TaskError, OperatorError, MergeConfigError, IncompatibleParentsError) as e:
-        log.error("task refused: %s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
         log.exception("task failed")
-        print(f"error: task failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return report(e)
     return 0
 
 
@@ -85,13 +83,13 @@ def _pipeline_step(path: Path, log: logging.Logger) -> int:
     from pydantic import TypeAdapter, ValidationError
 
     from studbook.api.task import BreedTask, EvaluateTask
+    from studbook_trainer.failures import StepRefused, report
     from studbook_trainer.steps import breed, evaluate_step
 
     try:
         task = TypeAdapter(BreedTask | EvaluateTask).validate_json(path.read_bytes())
     except ValidationError as e:
-        print(f"error: task refused: {e}", file=sys.stderr)
-        return 2
+        return report(StepRefused(f"task refused: {e}"))
     try:
         if isinstance(task, BreedTask):
             breed(task)
@@ -99,8 +97,7 @@ def _pipeline_step(path: Path, log: logging.Logger) -> int:
             evaluate_step(task)
     except Exception as e:
         log.exception("%s step failed", task.step)
-        print(f"error: {task.step} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return report(e)
     return 0
 
 

@@ -7,6 +7,7 @@ destination is uploaded only then, with a ``_COMPLETE`` marker written last).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from studbook_trainer.determinism import make_deterministic
 from studbook_trainer.operators import LocalParent, RunContext, get_operator
 from studbook_trainer.task import Source, Task, TaskError
 
@@ -51,15 +53,24 @@ def fetch(source: Source, scratch: Path, *, kind: str) -> Path:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             fs.get(paths[0], str(path))
-    if source.digest is not None and path.is_dir():
-        from studbook_trainer.operators.simple import directory_id
-
-        actual = directory_id(path)
+    if source.digest is not None:
+        actual = content_digest(path)
         if actual != source.digest:
             raise TaskError(
-                f"{kind} {source.name!r}: files hash to {actual}, the task expects {source.digest}"
+                f"{kind} {source.name!r} ({source.uri}) hashes to {actual},"
+                f" the task pins {source.digest}"
             )
     return path
+
+
+def content_digest(path: Path) -> str:
+    """What a task pins an input with: a directory's artifact id, a file's ``sha256:`` digest."""
+    if path.is_dir():
+        from studbook_trainer.operators.simple import directory_id
+
+        return directory_id(path)
+    with path.open("rb") as handle:
+        return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -79,14 +90,16 @@ def run_task(task: Task) -> dict[str, Any]:
         data = {d.name: fetch(d, scratch, kind="dataset") for d in task.data}
         log.info("running %s on %d parent(s) into %s", task.operator, len(parents), task.output)
         ctx = RunContext(parents, staging, data, task.device)
+        make_deterministic(getattr(task.plan, "seed", 0))
         report = operator.run(task.plan, ctx)
+        # Only inputs and what they produced: where the inputs were and how long it took differ
+        # from run to run and would make the same inputs give another artifact id.
         summary = {
             "operator": task.operator,
-            "config": task.raw_config,
-            "parents": [{"name": p.name, "uri": p.uri, "digest": p.digest} for p in task.parents],
-            "data": [{"name": d.name, "uri": d.uri, "digest": d.digest} for d in task.data],
+            "config": task.content_config,
+            "parents": [{"name": p.name, "digest": p.digest} for p in task.parents],
+            "data": [{"name": d.name, "digest": d.digest} for d in task.data],
             "report": report,
-            "seconds": round(time.monotonic() - started, 3),
         }
         (staging / REPORT).write_text(json.dumps(summary, indent=2, default=str) + "\n")
         if final is not None:
@@ -98,7 +111,7 @@ def run_task(task: Task) -> dict[str, Any]:
             fs.put(str(staging) + "/", paths[0].rstrip("/") + "/", recursive=True)
             with fs.open(paths[0].rstrip("/") + "/_COMPLETE", "w") as f:
                 f.write("ok\n")
-        log.info("done in %.1f s: %s", summary["seconds"], task.output)
+        log.info("done in %.1f s: %s", time.monotonic() - started, task.output)
         return summary
     finally:
         shutil.rmtree(staging, ignore_errors=True)

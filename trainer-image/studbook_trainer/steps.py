@@ -23,6 +23,7 @@ from studbook.api.task import (
     EvaluateResultFile,
     EvaluateTask,
     ParentArtifact,
+    scorecard_uri,
 )
 from studbook.artifacts import Lineage, Store
 from studbook.artifacts.results import write_result
@@ -30,7 +31,7 @@ from studbook_trainer import __version__
 from studbook_trainer.evaluation.harness import ModelRef, Options, canonical_json, evaluate
 from studbook_trainer.merge import MergeParent, MergePlan, merge
 from studbook_trainer.runner import run_task
-from studbook_trainer.task import parse_task
+from studbook_trainer.task import TaskError, parse_task
 
 log = logging.getLogger("studbook_trainer")
 
@@ -58,16 +59,15 @@ def breed(task: BreedTask) -> BreedResultFile:
             }
         )
         run_task(trainer_task)
-        created = datetime.now(UTC)
         lineage = Lineage(
             parents=tuple(p.artifact_id for p in task.parents),
             operator=task.operator.kind,
-            config_hash=digest_of(task.operator.config),
+            config_hash=digest_of(trainer_task.content_config),
             dataset_digests={d.name: d.digest for d in task.data},
             code_version=__version__,
-            created_at=created,
         )
         manifest = store.seal(output, lineage)
+        created = datetime.now(UTC)
     log.info("sealed %s for %s", manifest.id, task.descendant)
     result = BreedResultFile(
         artifact=ArtifactStatus(
@@ -97,7 +97,7 @@ def _uniform_merge(parents: list[ModelRef], names: list[str], scratch: Path) -> 
     by_name = {p.name: p for p in parents}
     missing = sorted(set(names) - set(by_name))
     if missing:
-        raise ValueError(f"uniformMergeOf names parents the task does not list: {missing}")
+        raise TaskError(f"uniformMergeOf names parents the task does not list: {missing}")
     out = scratch / "uniform-merge"
     plan = MergePlan(method="linear", parents=tuple(MergeParent(n, by_name[n].path) for n in names))
     merge(plan, out)
@@ -125,7 +125,7 @@ def evaluate_step(task: EvaluateTask, options: Options | None = None) -> Evaluat
             champion=ref(task.champion) if task.champion else None,
             options=options or Options(device="cuda" if torch.cuda.is_available() else "cpu"),
         )
-    uri = task.result.removesuffix(".json") + ".scorecard.json"
+    uri = scorecard_uri(task.result)
     with fsspec.open(uri, "wb") as handle:
         handle.write(canonical_json(card))
     summary = ScorecardSummary(

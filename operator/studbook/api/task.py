@@ -21,6 +21,15 @@ from studbook.api.suite import EvaluationSuiteSpec
 TASK_SCHEMA: Final = "task.studbook.dev/v1"
 """The schema version every task names."""
 
+EXIT_FAILED: Final = 1
+"""The exit status of a step that failed in a way a retry may cure; it is retried."""
+EXIT_REFUSED: Final = 2
+"""The exit status of a step that refused its task, a file or its data. No retry can change
+that, so the step fails at once. Either way the step's last words, one sentence, are its
+termination message (``/dev/termination-log`` on a cluster)."""
+TERMINATION_LOG_ENV: Final = "STUDBOOK_TERMINATION_LOG"
+"""Names the file a step writes its termination message to, where Kubernetes mounts none."""
+
 
 class ParentArtifact(ApiModel):
     """A parent as a Job sees it: a sealed package in the store."""
@@ -143,3 +152,12 @@ class SignResultFile(ApiModel):
 def result_uri(store: str, namespace: str, name: str, step: str, attempt: int) -> str:
     """Where the Job of one step and attempt writes its result, inside the artifact store."""
     return f"{store.rstrip('/')}/runs/{namespace}/{name}/{step}-{attempt}.json"
+
+
+def scorecard_uri(result: str) -> str:
+    """Where an evaluate Job stores its full scorecard: beside its result.
+
+    The operator derives it from the result's location and opens nothing else, whatever URI the
+    untrusted evaluate pod reports.
+    """
+    return result.removesuffix(".json") + ".scorecard.json"

@@ -27,6 +27,7 @@ from studbook.api.descendant import (
     ScorecardSummary,
     Step,
 )
+from studbook.api.task import EXIT_REFUSED
 from studbook.breeding.admission import Decision
 from studbook.breeding.conditions import set_condition
 
@@ -64,8 +65,16 @@ class JobObservation:
     name: str
     phase: JobPhase
     reason: str | None = None
+    """Why it failed: the step's one sentence, or what Kubernetes says of its end."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    exit_code: int | None = None
+    """The exit status of its container, once it failed."""
+
+    @property
+    def refused(self) -> bool:
+        """Whether it failed in a way no retry can change: the step refused its inputs."""
+        return self.phase == "Failed" and self.exit_code == EXIT_REFUSED
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,11 @@ def _step(b: _Builder, step: Step, done: bool) -> bool:
         b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt} running")
         return False
     why = _why(latest)
+    if latest.refused:
+        b.condition(cond, False, reasons.STEP_REFUSED, why)
+        b.condition(reasons.READY, False, reasons.STEP_REFUSED, f"{step} refused its inputs")
+        b.phase("Failed", f"{step} failed: {why}", warning=True)
+        return False
     if latest.attempt >= o.max_attempts:
         b.condition(cond, False, reasons.RETRIES_EXHAUSTED, why)
         b.condition(reasons.READY, False, reasons.JOB_FAILED, f"{step} failed")
@@ -285,6 +299,7 @@ def _step(b: _Builder, step: Step, done: bool) -> bool:
         _create(b, step, latest.attempt + 1)
     else:
         b.condition(cond, None, reasons.JOB_FAILED, f"attempt {latest.attempt} failed: {why}")
+        b.phase(STEP_PHASE[step], f"{step} attempt {latest.attempt} failed: {why}")
         b.requeue = (due - o.now).total_seconds()
     return False
 

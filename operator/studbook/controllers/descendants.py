@@ -24,9 +24,7 @@ from studbook import metrics
 from studbook.api import reasons
 from studbook.api.descendant import Descendant, DescendantSpec, DescendantStatus, Step
 from studbook.api.policy import BreedingPolicy
-from studbook.api.task import (
-    ParentArtifact,
-)
+from studbook.api.task import EXIT_FAILED, EXIT_REFUSED, ParentArtifact
 from studbook.artifacts import Store, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
@@ -280,12 +278,14 @@ class Controller:
         st = job.get("status") or {}
         conditions = {c["type"]: c for c in st.get("conditions") or [] if c["status"] == "True"}
         phase = builders.job_phase(job)
-        reason = None
+        reason = exit_code = None
         name = job["metadata"]["name"]
         if phase == "Failed":
             failed = conditions["Failed"]
             reason = f"{failed.get('reason')}: {failed.get('message')}"
-            reason = self._termination(namespace, name) or reason
+            terminated = self._termination(namespace, name)
+            if terminated is not None:
+                exit_code, reason = terminated
         # A queued Job has a startTime too; its ref says when it ran, so it stays as created.
         started = None if phase == "Pending" else _time(st.get("startTime"))
         finished = _time(st.get("completionTime")) or _time(
@@ -301,6 +301,7 @@ class Controller:
             reason=reason,
             started_at=started,
             finished_at=finished,
+            exit_code=exit_code,
         )
 
     def _finished(
@@ -326,8 +327,8 @@ class Controller:
         hours = ((finished or datetime.now(UTC)) - started).total_seconds() / 3600
         metrics.GPU_HOURS.labels(namespace).inc(gpus * hours)
 
-    def _termination(self, namespace: str, job_name: str) -> str | None:
-        """The exit code and message (or log tail) of a failed Job's container."""
+    def _termination(self, namespace: str, job_name: str) -> tuple[int, str] | None:
+        """The exit code of a failed Job's container, and why it failed."""
         pods = client.CoreV1Api(self.api).list_namespaced_pod(
             namespace, label_selector=f"job-name={job_name}"
         )
@@ -335,9 +336,9 @@ class Controller:
             for container in (pod.status.container_statuses if pod.status else None) or []:
                 done = container.state.terminated if container.state else None
                 if done is not None and done.exit_code:
-                    tail = (done.message or "").strip().splitlines()[-20:]
-                    detail = " | ".join(tail) if tail else (done.reason or "")
-                    return f"exit code {done.exit_code}: {detail}"
+                    return done.exit_code, termination_reason(
+                        done.exit_code, done.reason, done.message
+                    )
         return None
 
     def _store_uri(self, job_uri: str) -> str:
@@ -432,6 +433,20 @@ def _parent_artifact(parent: Descendant | None) -> ParentArtifact:
         uri=parent.status.artifact.uri,
         niche=parent.spec.niche,
     )
+
+
+def termination_reason(exit_code: int, reason: str | None, message: str | None) -> str:
+    """Why a container failed, in one line, from its terminated state.
+
+    A step writes one sentence as its termination message; where it wrote none (killed, or a
+    crash before it could), the Job's pods fall back to their log tail, whose last line is
+    the likeliest cause. Only a status the step did not choose itself is worth naming.
+    """
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if exit_code in (EXIT_FAILED, EXIT_REFUSED) and lines:
+        return lines[-1]
+    detail = f": {lines[-1]}" if lines else ""
+    return f"exit code {exit_code} ({reason or 'Error'}){detail}"
 
 
 def _trusted(artifact: str) -> None:

@@ -167,6 +167,9 @@ def job(
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": list(COMMANDS[purpose]),
                 "args": ["--task", f"{TASK_MOUNT}/task.json"],
+                # A step writes why it failed to /dev/termination-log, one sentence; a step
+                # killed before it could leaves its log tail there instead.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "env": env,
                 "resources": _resources(owner, purpose),
                 "volumeMounts": mounts,

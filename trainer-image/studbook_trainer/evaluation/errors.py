@@ -6,8 +6,10 @@ fit for a condition's ``reason``.
 
 from __future__ import annotations
 
+from studbook_trainer.failures import StepRefused
 
-class EvaluationError(Exception):
+
+class EvaluationError(StepRefused):
     """Base of every refusal raised by the evaluation harness."""
 
     reason = "EvaluationFailed"

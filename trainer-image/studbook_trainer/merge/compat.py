@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from studbook_trainer.failures import StepRefused
 from studbook_trainer.merge.io import ModelReader
 
 IGNORED_CONFIG_FIELDS = frozenset(
@@ -47,7 +48,7 @@ TOKENIZER_FILES = (
 """Files that define a tokenizer; parents must agree on each of them byte for byte."""
 
 
-class IncompatibleParentsError(ValueError):
+class IncompatibleParentsError(StepRefused, ValueError):
     """Parents that cannot be merged; the message names what differs."""
 
 

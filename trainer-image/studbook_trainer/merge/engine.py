@@ -46,11 +46,14 @@ class MergeReport:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form."""
+        return {**self.outcome(), "seconds": round(self.seconds, 3)}
+
+    def outcome(self) -> dict[str, Any]:
+        """What the inputs decide, without the timing: fit to be sealed into a package."""
         return {
             "method": self.method,
             "tensors": self.tensors,
             "bytesWritten": self.bytes_written,
-            "seconds": round(self.seconds, 3),
             "device": self.device,
         }
 

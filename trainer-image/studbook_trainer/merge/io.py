@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+from studbook_trainer.failures import StepRefused
+
 INDEX_NAME = "model.safetensors.index.json"
 """The index of a sharded safetensors checkpoint, as transformers reads it."""
 
@@ -48,7 +50,7 @@ CODES: Mapping[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 FLOATING = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 
-class CheckpointError(ValueError):
+class CheckpointError(StepRefused, ValueError):
     """A model directory holds no readable safetensors checkpoint."""
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from studbook_trainer.failures import StepRefused
 from studbook_trainer.merge.inputs import MemoryInputs, TensorInputs
 from studbook_trainer.merge.plan import Param, TensorParams
 from studbook_trainer.merge.sparsify import TopSelector, count_for, random_keep
@@ -25,7 +26,7 @@ Sparsify = Literal["none", "magnitude", "random", "breadcrumbs"]
 Consensus = Literal["none", "ties"]
 
 
-class MergeConfigError(ValueError):
+class MergeConfigError(StepRefused, ValueError):
     """A merge plan asks for something the method cannot do (missing base, value out of range)."""
 
 

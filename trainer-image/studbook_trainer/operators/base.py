@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from studbook_trainer.failures import StepRefused
+
 log = logging.getLogger("studbook_trainer")
 
 
-class OperatorError(ValueError):
+class OperatorError(StepRefused, ValueError):
     """A task the operator cannot run: bad configuration, missing or unsuitable parents."""
 
 

@@ -60,6 +60,22 @@ def is_adapter(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
 
 
+def _drop_host_details(out: Path, base: str) -> None:
+    """Keep only what the inputs decide in a saved adapter, so the same inputs give the same id.
+
+    peft records the base's local path (a scratch directory that differs on every run) in the
+    adapter config and in a model card it writes beside it, and ``target_modules`` in set order,
+    which changes with the interpreter's hash seed. The base is named by its parent name instead.
+    """
+    (out / "README.md").unlink(missing_ok=True)
+    path = out / ADAPTER_CONFIG
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = base
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 class LoraOperator(Operator):
     """Low-rank adapters with peft: train, compose (linear / cat / SVD) and merge into the base."""
 
@@ -98,6 +114,7 @@ class LoraOperator(Operator):
                     item.rename(ctx.out_dir / item.name)
                 nested.rmdir()
             tokenizer.save_pretrained(ctx.out_dir)
+            _drop_host_details(ctx.out_dir, base.name)
             (ctx.out_dir / BASE_LINK).write_text(json.dumps({"base": base.name}) + "\n")
             report["output"] = "adapter"
         return report

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
 
+from studbook.artifacts.digest import check_package_path
+from studbook.artifacts.errors import PackageFormatError
 from studbook_trainer.merge import MergeParent, MergePlan, merge
 from studbook_trainer.operators.base import Operator, OperatorError, RunContext, log, register
 from studbook_trainer.operators.training import (
@@ -35,15 +37,88 @@ class ImportPlan:
     digest: str | None
 
 
+IMPORT_SUFFIXES: Final = frozenset({".safetensors", ".json", ".txt", ".model", ".md", ".jinja"})
+"""What an import takes, by suffix: safetensors weights; the JSON and text files of a config
+and a tokenizer (``config.json``, ``tokenizer.json``, ``vocab.txt``, ``merges.txt``);
+sentencepiece models (``*.model``); a model card (``*.md``); chat templates (``*.jinja``). None
+of them runs code when it is loaded."""
+IMPORT_NAMES: Final = frozenset({".gitattributes", "LICENSE", "NOTICE"})
+"""Plain-text files a model repository carries without such a suffix."""
+PICKLE_SUFFIXES: Final = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+"""Weights torch loads with pickle, which can run any code: refused with that reason."""
+
+
+def _refusal(path: str) -> str | None:
+    """Why an import refuses a file, or ``None`` if it takes it."""
+    name = PurePosixPath(path).name
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return f"{path} is a pickle ({suffix}), which can run code when loaded"
+    if suffix in IMPORT_SUFFIXES or name in IMPORT_NAMES:
+        return None
+    return f"{path} is not a safetensors, JSON or text file"
+
+
+def import_listing(fs: Any, source: str, uri: str) -> list[tuple[str, str]]:
+    """The files an import copies, as (source path, path in the package).
+
+    The whole source is checked before anything is copied: every file must be on the allow-list
+    and lie under the source as itself. The source may be a link (``make demo`` links the
+    installed founder); nothing under it may, since a link could pull in any file of the pod.
+    """
+    root = source.rstrip("/")
+    if fs.isdir(root):
+        entries = fs.find(root, withdirs=True, detail=True).values()
+        prefix = root + "/"
+    else:
+        entries = [fs.info(root)]
+        prefix = root.rsplit("/", 1)[0] + "/"
+    files: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for entry in sorted(entries, key=lambda e: str(e["name"])):
+        name = str(entry["name"])
+        if name == root and entry["type"] == "directory":
+            continue
+        relative = name[len(prefix) :] if name.startswith(prefix) else name
+        try:
+            check_package_path(relative)
+        except PackageFormatError:
+            problems.append(f"{relative!r} is not a path inside the source")
+            continue
+        if entry.get("islink") and name != root:
+            problems.append(f"{relative} is a symbolic link")
+        elif entry["type"] == "file":
+            problem = _refusal(relative)
+            if problem is None:
+                files.append((name, relative))
+            else:
+                problems.append(problem)
+        elif entry["type"] != "directory":
+            problems.append(f"{relative} is not a regular file")
+    if problems:
+        raise OperatorError(
+            f"import of {uri!r} refused, it takes only safetensors weights and the JSON and text"
+            f" files of a config and tokenizer: {'; '.join(problems)}"
+        )
+    if not files:
+        raise OperatorError(f"import of {uri!r} refused: the source holds no files")
+    return files
+
+
 class ImportOperator(Operator):
-    """Copy a model from a local path or an fsspec URI and check its expected digest."""
+    """Copy a model from a local path or an fsspec URI and check its expected digest.
+
+    Only safetensors weights and plain config and tokenizer files are taken
+    (:data:`IMPORT_SUFFIXES`): a founder is read by every later step, so a pickled checkpoint
+    would run its code in each of them, and sealing would sign it.
+    """
 
     name = "import"
     reference = "https://filesystem-spec.readthedocs.io/"
     plan_type = ImportPlan
 
     def run(self, plan: ImportPlan, ctx: RunContext) -> dict[str, Any]:
-        """Fetch, then verify; a digest mismatch refuses the import."""
+        """Check the source's files, fetch them, then verify; a digest mismatch refuses."""
         import fsspec
 
         uri = plan.uri
@@ -51,10 +126,10 @@ class ImportOperator(Operator):
         source = paths[0]
         if not fs.exists(source):
             raise OperatorError(f"import source {uri!r} does not exist")
-        if fs.isdir(source):
-            fs.get(source.rstrip("/") + "/", str(ctx.out_dir) + "/", recursive=True)
-        else:
-            fs.get(source, str(ctx.out_dir / Path(source).name))
+        for path, relative in import_listing(fs, source, uri):
+            target = ctx.out_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
         actual = directory_id(ctx.out_dir)
         if plan.digest is not None and actual != plan.digest:
             raise OperatorError(
@@ -164,7 +239,9 @@ class MergeOperator(Operator):
             dtype=plan.dtype,
             device=ctx.device,
         )
-        return merge(engine_plan, ctx.out_dir).to_json()
+        report = merge(engine_plan, ctx.out_dir)
+        log.info("merged %d tensors in %.1f s", report.tensors, report.seconds)
+        return report.outcome()
 
 
 for _op in (ImportOperator(), FinetuneOperator(), MergeOperator()):

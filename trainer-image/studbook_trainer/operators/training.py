@@ -50,13 +50,19 @@ class TrainPlan:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a JSONL file; each needs ``text`` (and ``label`` for classification)."""
     rows = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise OperatorError(f"{path}:{n}: every record needs a string 'text'")
-                rows.append(row)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        raise OperatorError(f"{path}:{n}: not JSON: {e}") from e
+                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                        raise OperatorError(f"{path}:{n}: every record needs a string 'text'")
+                    rows.append(row)
+    except UnicodeDecodeError as e:
+        raise OperatorError(f"{path}: not UTF-8 text: {e}") from e
     if not rows:
         raise OperatorError(f"{path}: no records")
     return rows
