@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from studbook import __version__
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 app = typer.Typer(
     name="studbook",
@@ -141,41 +144,57 @@ def breed(
     from studbook.local.pipeline import LocalBreeder, Workspace
 
     console = Console()
+
+    def say(text: Text) -> None:
+        # Unwrapped: a problem stays one line, with its file path whole, in any terminal or log.
+        console.print(text, soft_wrap=True)
+
+    if directory is not None and not directory.is_dir():
+        say(_shown(f"{directory}: not a directory", "red"))
+        raise typer.Exit(2)
     paths = list(file or []) + (manifest_files(directory) if directory else [])
     if not paths:
         raise typer.BadParameter("give a directory or --file")
     try:
         manifests = load(paths)
     except ManifestsError as error:
-        console.print(f"[red]{error}[/red]")
+        say(_shown(str(error), "red"))
         raise typer.Exit(2) from None
     space = Workspace(workspace)
     statuses: dict[str, DescendantStatus] = {}
     with Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        # Names and log lines are the user's text: shown as written, never read as markup.
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[step]}", style="dim"),
+        TextColumn("{task.fields[step]}", style="dim", markup=False),
         console=console,
         transient=True,
     ) as bar:
         overall = bar.add_task("breeding", total=len(manifests.descendants), step="")
 
         def event(name: str, what: str) -> None:
-            console.print(f"[bold]{name}[/bold] {what}")
-            bar.update(overall, description=name)
+            say(_shown(name, "bold") + " " + _shown(what))
+            bar.update(overall, description=_clean(name))
 
         def activity(line: str) -> None:
-            bar.update(overall, step=line[-70:])
+            bar.update(overall, step=_clean(line)[-70:])
 
-        breeder = LocalBreeder(space, event, activity)
-        console.print(f"signing key: {space.key_dir / 'key.pem'}")
+        try:
+            breeder = LocalBreeder(space, event, activity)
+        except OSError as error:
+            say(_shown(f"workspace {space.root}: {error}", "red"))
+            raise typer.Exit(2) from None
+        say(_shown(f"signing key: {space.key_dir / 'key.pem'}"))
         try:
             for name, status in breeder.breed(manifests):
                 statuses[name] = status
                 bar.update(overall, advance=1, step="")
+        except ManifestsError as error:
+            say(_shown(f"nothing was bred: {error}", "red"))
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print(
                 f"[yellow]interrupted: {len(statuses)} of {len(manifests.descendants)} done and"
@@ -185,7 +204,7 @@ def breed(
     table = Table("descendant", "phase", "stage", "artifact", "verdict", "net gain")
     for name, status in statuses.items():
         card = status.scorecard
-        table.add_row(
+        cells = (
             name,
             status.phase,
             status.stage or "",
@@ -193,10 +212,34 @@ def breed(
             card.verdict if card else "",
             f"{card.net_gain:+.3f}" if card and card.net_gain is not None else "",
         )
+        table.add_row(*(_shown(cell) for cell in cells))
     console.print(table)
-    console.print(f"workspace: {space.root}  (studbook report --workspace {space.root})")
+    say(_shown(f"workspace: {space.root}  (studbook report --workspace {space.root})"))
     if any(s.phase != "Ready" for s in statuses.values()):
         raise typer.Exit(1)
+
+
+_ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+"""A terminal control sequence (colours, cursor moves), as progress bars and loggers write."""
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""A character a terminal acts on rather than shows, bidirectional overrides included."""
+
+
+def _clean(text: str) -> str:
+    """Untrusted text made inert for a terminal: sequences dropped, other controls shown escaped.
+
+    Log lines, manifests and their error messages come from tenants and training pods; the
+    terminal must show them, not obey them.
+    """
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode(), text)
+
+
+def _shown(text: str, style: str = "") -> Text:
+    """Untrusted text as Rich prints it: literally, never as markup or emoji codes."""
+    from rich.text import Text
+
+    return Text(_clean(text), style=style)
 
 
 @app.command()
@@ -310,7 +353,6 @@ def seal(
                 config_hash=config_hash(cfg),
                 dataset_digests=dict(d.split("=", 1) for d in dataset or ()),
                 code_version=code_version,
-                created_at=datetime.now(UTC),
             )
         target = Store.open(store)
         total = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
@@ -512,17 +554,18 @@ def inspect(
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{info['id']}[/bold]  ({info['size']} bytes)")
-    console.print(f"digest: {info['digest']}")
+    # A package's paths, names and signers are untrusted text: shown, never read as markup.
+    console.print(_shown(info["id"], "bold") + f"  ({info['size']} bytes)")
+    console.print(_shown(f"digest: {info['digest']}"))
     table = Table("path", "size", "sha256")
     for f in info["files"]:
-        table.add_row(f["path"], str(f["size"]), f["sha256"][:16] + "…")
+        table.add_row(_shown(f["path"]), str(f["size"]), _shown(f["sha256"][:16] + "…"))
     console.print(table)
     console.print("lineage:", info["lineage"])
     for sig in info["signatures"]:
-        console.print(f"signature {sig['name']}: {sig['kind']} {sig.get('signer', '')}")
+        console.print(_shown(f"signature {sig['name']}: {sig['kind']} {sig.get('signer', '')}"))
     for card in info["scorecards"]:
-        console.print(f"scorecard {card['name']}: signed={card['signed']}")
+        console.print(_shown(f"scorecard {card['name']}: signed={card['signed']}"))
 
 
 def _limit_malloc_arenas() -> None:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from tests.builders import Body
-from tests.manifests import example
+from tests.manifests import EXAMPLES, example
 
-from studbook.local.manifests import ManifestsError, load, manifest_files, order
+from studbook.api import API_VERSION
+from studbook.local.manifests import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_WEIGHT,
+    ManifestsError,
+    load,
+    manifest_files,
+    order,
+)
+from studbook.local.pipeline import screen
 
 
 def _write(directory: Path, name: str, *documents: dict[str, Any]) -> Path:
@@ -110,3 +121,72 @@ def test_relative_paths_count_from_the_manifest_directory(tmp_path: Path) -> Non
     # URIs with a scheme and absolute paths are left as written.
     suite = manifests.suites["sentiment-topic"].spec
     assert all(d.uri.startswith("s3://") for d in suite.datasets)
+
+
+def _billion_laughs() -> str:
+    lines = ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_billion_laughs_is_refused_before_it_expands(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_billion_laughs())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ManifestsError) as caught:
+            load([path])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"{path}: not valid YAML: expands past {MAX_WEIGHT} nodes" in str(caught.value)
+    # A billion strings would take tens of GiB; refused, it took about what the file holds.
+    assert peak < 64 * 2**20, peak
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("a: &a [*a]\n", "an alias inside the node it refers to"),
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "\n", "nested deeper than"),
+        ("a: *nowhere\n", "undefined alias"),
+        ("? [a, b]\n: c\n", "unhashable key"),
+        (f"apiVersion: {API_VERSION}\nkind: Descendant\nspec: {{2026-01-01: x}}\n", "keys must"),
+        ("- just a list\n", "a manifest must be a mapping"),
+        ("metadata: [not, a, mapping]\n", "apiVersion"),
+    ],
+)
+def test_malformed_yaml_is_a_problem_of_its_file(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestsError) as caught:
+        load([path])
+    assert str(path) in str(caught.value) and words in str(caught.value)
+
+
+def test_a_file_too_large_or_unreadable_is_refused_by_name(tmp_path: Path) -> None:
+    large = tmp_path / "large.yaml"
+    large.write_text("# " + "x" * MAX_BYTES + "\n")
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ManifestsError) as caught:
+        load([large, missing, tmp_path])
+    text = str(caught.value)
+    assert f"{large}: larger than" in text
+    assert f"{missing}: cannot be read" in text and f"{tmp_path}: cannot be read" in text
+
+
+@pytest.mark.parametrize("kind", ["breeding-run", "promotion"])
+def test_kinds_breed_does_not_run_are_refused_not_ignored(tmp_path: Path, kind: str) -> None:
+    _family(tmp_path)
+    path = _write(tmp_path, f"{kind}.yaml", example(kind))
+    with pytest.raises(ManifestsError) as caught:
+        load(manifest_files(tmp_path))
+    assert f"{path}: kind: " in str(caught.value)
+    assert "is not run by `studbook breed` yet" in str(caught.value)
+
+
+def test_the_quickstart_loads_and_nothing_in_it_is_refused_up_front() -> None:
+    manifests = load(manifest_files(EXAMPLES / "quickstart"))
+    assert len(manifests.descendants) == 9
+    assert screen(manifests) == {}

@@ -11,16 +11,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.nodes import Node, ScalarNode
 
 from studbook.api import (
     BreedingPolicy,
+    BreedingRun,
     Descendant,
     EvaluationSuite,
     ManifestError,
     Problem,
+    Promotion,
     Resource,
     parse_manifest,
 )
+
+MAX_BYTES = 1 << 20
+"""The largest manifest file read; a breeding manifest is a few KiB."""
+MAX_WEIGHT = 1_000_000
+"""The most one file may expand to: nodes plus scalar characters, an alias counted at each use."""
+MAX_DEPTH = 64
+"""The deepest nesting of collections in a manifest."""
 
 
 @dataclass
@@ -73,15 +84,91 @@ def _resolve_paths(document: object, base: Path) -> None:
         source["uri"] = _local(source["uri"], base)
 
 
-def _documents(paths: Iterable[Path]) -> Iterable[tuple[str, object]]:
-    for path in paths:
-        try:
-            documents = list(yaml.safe_load_all(path.read_text()))
-        except yaml.YAMLError as error:
-            raise ManifestsError([(str(path), Problem("", f"not valid YAML: {error}"))]) from None
-        for index, document in enumerate(d for d in documents if d is not None):
-            _resolve_paths(document, path.parent)
-            yield (str(path) if len(documents) == 1 else f"{path}#{index}"), document
+class _BoundedLoader(yaml.SafeLoader):
+    """A safe loader that refuses a document expanding past :data:`MAX_WEIGHT`.
+
+    PyYAML builds an alias as a shared reference, so a billion laughs loads small and explodes
+    only when walked (validation serialises it): its expanded size is counted while composing,
+    each node's once, so the refusal comes after a few hundred nodes, not a billion.
+    """
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self.name = name  # marks in errors then name the file, not "<unicode string>"
+        self.weight = 0
+        self.depth = 0
+        self.weights: dict[Node, int] = {}
+
+    def _grow(self, amount: int, where: Node) -> None:
+        self.weight += amount
+        if self.weight > MAX_WEIGHT:
+            raise ComposerError(
+                None, None, f"expands past {MAX_WEIGHT} nodes and characters", where.start_mark
+            )
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        """Compose one node, counting what it expands to; refuse too much, too deep, or a loop."""
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # an undefined alias is refused there
+            assert node is not None
+            if node not in self.weights:
+                raise ComposerError(
+                    None, None, "an alias inside the node it refers to", node.start_mark
+                )
+            self._grow(self.weights[node], parent or node)
+            return node
+        self.depth += 1
+        if self.depth > MAX_DEPTH and parent is not None:
+            raise ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", parent.start_mark
+            )
+        before = self.weight
+        node = super().compose_node(parent, index)
+        assert node is not None
+        self._grow(1 + (len(node.value) if isinstance(node, ScalarNode) else 0), node)
+        self.weights[node] = self.weight - before
+        self.depth -= 1
+        return node
+
+
+def _refused(path: Path, message: str) -> ManifestsError:
+    return ManifestsError([(str(path), Problem("", message))])
+
+
+def read_yaml(path: Path) -> list[object]:
+    """The documents of one YAML file, refused whole if it is unreadable, too large or too deep.
+
+    Safe tags only, at most :data:`MAX_BYTES`, expanding to at most :data:`MAX_WEIGHT`.
+    """
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as error:
+        raise _refused(path, f"cannot be read: {error.strerror or error}") from None
+    if len(data) > MAX_BYTES:
+        raise _refused(path, f"larger than {MAX_BYTES // 1024} KiB; a manifest is a few KiB")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as error:
+        raise _refused(path, f"not UTF-8 text: {error}") from None
+    try:
+        loader = _BoundedLoader(text, str(path))  # refuses unprintable characters already
+        documents = []
+        while loader.check_node():
+            documents.append(loader.get_data())
+    except yaml.YAMLError as error:
+        raise _refused(path, f"not valid YAML: {error}") from None
+    return documents
+
+
+def _documents(path: Path) -> list[tuple[str, object]]:
+    """The documents of one file, each with where it was read (``file#index`` when several)."""
+    documents = read_yaml(path)
+    found = []
+    for index, document in enumerate(d for d in documents if d is not None):
+        _resolve_paths(document, path.parent)
+        found.append(((str(path) if len(documents) == 1 else f"{path}#{index}"), document))
+    return found
 
 
 def load(paths: Iterable[Path]) -> Manifests:
@@ -89,14 +176,39 @@ def load(paths: Iterable[Path]) -> Manifests:
     found = Manifests()
     problems: list[tuple[str, Problem]] = []
     broken: set[str] = set()
-    for where, document in _documents(paths):
-        raw = document if isinstance(document, dict) else {}
+    documents: list[tuple[str, object]] = []
+    for path in paths:
         try:
-            resource = parse_manifest(raw, where)
+            documents += _documents(path)
+        except ManifestsError as error:
+            problems += error.problems
+    for where, document in documents:
+        if not isinstance(document, dict):
+            problems.append((where, Problem("", "a manifest must be a mapping")))
+            continue
+        metadata = document.get("metadata")
+        try:
+            resource = parse_manifest(document, where)
         except ManifestError as error:
             problems += [(where, p) for p in error.problems]
             # Its name still counts, so children are not also reported as orphans.
-            broken.add(str((raw.get("metadata") or {}).get("name")))
+            broken.add(str(metadata.get("name") if isinstance(metadata, dict) else None))
+            continue
+        except (TypeError, ValueError) as error:  # keys JSON cannot hold, such as a list
+            problems.append((where, Problem("", f"not a manifest: {error}")))
+            continue
+        if isinstance(resource, BreedingRun | Promotion):
+            kind = resource.kind_name()
+            problems.append(
+                (
+                    where,
+                    Problem(
+                        "kind",
+                        f"{kind} is not run by `studbook breed` yet; apply it to a cluster"
+                        " (or leave it out of the directory)",
+                    ),
+                )
+            )
             continue
         key = (resource.kind_name(), resource.metadata.name)
         if key in found.sources:

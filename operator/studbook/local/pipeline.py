@@ -20,18 +20,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from studbook.api import Problem
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import Descendant, DescendantStatus, Step
-from studbook.api.policy import BreedingPolicy
-from studbook.api.suite import EvaluationSuite
-from studbook.api.task import ParentArtifact
+from studbook.api.task import EXIT_FAILED, TERMINATION_LOG_ENV, ParentArtifact
 from studbook.artifacts import Store, TrustedKey, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
-from studbook.breeding.admission import ParentFacts, admit
+from studbook.breeding.admission import Decision, ParentFacts, admit
 from studbook.breeding.flow import TERMINAL, JobObservation, Observed, job_name, reconcile
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
-from studbook.local.manifests import Manifests, order
+from studbook.local.manifests import Manifests, ManifestsError, order
 from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results
 
 NAMESPACE = "local"
@@ -102,27 +101,51 @@ class Workspace:
         )
 
 
-def _inputs(
-    descendant: Descendant,
-    parents: list[ParentArtifact],
-    policy: BreedingPolicy,
-    suite: EvaluationSuite,
-) -> str:
+def _inputs(manifests: Manifests, descendant: Descendant, parents: list[ParentArtifact]) -> str:
     """What a descendant is bred, judged and evaluated from: unchanged inputs are not run again.
 
-    The policy and suite count whole: a new gate or dataset re-evaluates, never a stale verdict.
+    The spec, policy and suite count whole: a new licence, pin, gate or dataset runs again,
+    never a stale verdict.
     """
     spec = descendant.spec
     return digest_of(
         {
-            "operator": spec.operator.to_wire(),
+            "spec": spec.to_wire(),
             "parents": [p.artifact_id for p in parents],
-            "data": [d.to_wire() for d in spec.data],
-            "compatibility": spec.compatibility.to_wire(),
-            "policy": policy.spec.to_wire(),
-            "suite": suite.spec.to_wire(),
+            "policy": manifests.policies[spec.policy_ref.name].spec.to_wire(),
+            "suite": manifests.suites[spec.evaluation_suite_ref.name].spec.to_wire(),
         }
     )
+
+
+def screen(manifests: Manifests) -> dict[str, Decision]:
+    """Each descendant that admission refuses on its manifests alone, with the decision.
+
+    Every parent counts as not bred yet, so what needs an artifact (signature, pins) waits for
+    the real admission; operator, budget, compatibility, licences and data restrictions do not.
+    """
+    unbred = DescendantStatus()
+    refused = {}
+    for descendant in order(manifests):
+        facts: dict[str, ParentFacts | None] = {
+            ref.name: parent_facts(
+                manifests.descendants[ref.name], unbred, _never_called, _never_called
+            )
+            for ref in descendant.spec.parents
+        }
+        policy = manifests.policies[descendant.spec.policy_ref.name]
+        decision = admit(descendant.spec, policy.spec, facts)
+        if decision.refusals:
+            refused[descendant.metadata.name] = decision
+    return refused
+
+
+def _never_called(_: object) -> None:
+    raise AssertionError("a parent that is not bred is never verified")
+
+
+class RefusedError(ManifestsError):
+    """Descendants refused at admission before anything was bred, each by file and field."""
 
 
 def _last_line(log: Path) -> str:
@@ -138,8 +161,12 @@ TRAINER = "studbook_trainer"
 """The trainer's entry point, what a breeding Job runs: ``python -m studbook_trainer``."""
 
 
-def _trainer_main(argv: list[str], log: str) -> None:
-    """A step's process: ``python -m studbook_trainer ARGV``, its output going to ``log``."""
+def _trainer_main(argv: list[str], log: str, reason: str) -> None:
+    """A step's process: ``python -m studbook_trainer ARGV``, its output going to ``log``.
+
+    If it fails, the step writes why to ``reason``, as a Job's pod writes its termination log.
+    """
+    os.environ[TERMINATION_LOG_ENV] = reason
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -161,10 +188,12 @@ class StepProcesses:
             ["torch", "transformers", "peft", f"{TRAINER}.steps", f"{TRAINER}.evaluation"]
         )
 
-    def run(self, argv: list[str], log: Path, activity: Activity) -> tuple[bool, str]:
-        """Run one step, reporting its latest log line; whether it succeeded, and its tail."""
+    def run(self, argv: list[str], log: Path, activity: Activity) -> tuple[int, str]:
+        """Run one step, reporting its latest log line; its exit code, and why it failed."""
         log.touch()
-        process = self.context.Process(target=_trainer_main, args=(argv, str(log)))
+        reason = log.with_suffix(".reason")
+        reason.unlink(missing_ok=True)
+        process = self.context.Process(target=_trainer_main, args=(argv, str(log), str(reason)))
         process.start()
         try:
             while process.exitcode is None:
@@ -175,8 +204,13 @@ class StepProcesses:
             if process.exitcode is None:
                 process.terminate()
                 process.join()
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-        return process.exitcode == 0, f"exit code {process.exitcode}: {tail}"
+        code = process.exitcode
+        if code == 0:
+            return 0, ""
+        if reason.exists():
+            return code, reason.read_text(errors="replace").strip()
+        # Killed, or crashed before it could say why: its log ends with the likeliest cause.
+        return code, f"exit code {code}: {_last_line(log)}"
 
 
 class LocalBreeder:
@@ -196,8 +230,23 @@ class LocalBreeder:
     def breed(self, manifests: Manifests) -> Iterator[tuple[str, DescendantStatus]]:
         """Run every descendant to a terminal phase, parents first.
 
-        Yields each name and status as it finishes.
+        Yields each name and status as it finishes. If admission refuses any descendant on its
+        manifests alone, nothing runs: each refused one is recorded Rejected and
+        :class:`RefusedError` names them all, rather than failing after its ancestors trained.
         """
+        refused = screen(manifests)
+        if refused:
+            problems = []
+            for descendant in order(manifests):
+                decision = refused.get(descendant.metadata.name)
+                if decision is not None:
+                    self._flow(manifests, descendant, [], decision)
+                    where = manifests.source(descendant)
+                    problems += [
+                        (where, Problem(r.field, f"{r.reason}: {r.message}"))
+                        for r in decision.refusals
+                    ]
+            raise RefusedError(problems)
         results: dict[str, DescendantStatus] = {}
         for descendant in order(manifests):
             name = descendant.metadata.name
@@ -229,8 +278,6 @@ class LocalBreeder:
         self, manifests: Manifests, descendant: Descendant, done: dict[str, DescendantStatus]
     ) -> DescendantStatus:
         name = descendant.metadata.name
-        policy = manifests.policies[descendant.spec.policy_ref.name]
-        suite = manifests.suites[descendant.spec.evaluation_suite_ref.name]
         parents = [
             ParentArtifact(
                 name=ref.name,
@@ -241,14 +288,33 @@ class LocalBreeder:
             for ref in descendant.spec.parents
             if done[ref.name].artifact is not None
         ]
-        inputs = _inputs(descendant, parents, policy, suite)
+        policy = manifests.policies[descendant.spec.policy_ref.name]
+        # Admission runs every time: a reused artifact must pass the policy as it is now.
+        decision = admit(descendant.spec, policy.spec, self._facts(manifests, descendant, done))
         previous = self.workspace.registry().get(name)
-        if previous and previous["inputs"] == inputs and previous["status"]["phase"] == "Ready":
+        if (
+            decision.admitted
+            and previous
+            and previous["inputs"] == _inputs(manifests, descendant, parents)
+            and previous["status"]["phase"] == "Ready"
+        ):
             status = DescendantStatus.model_validate_json(json.dumps(previous["status"]))
             if status.artifact is not None and self.store.exists(status.artifact.id):
                 self.progress(name, f"reused {status.artifact.short_id}")
                 return status
-        decision = admit(descendant.spec, policy.spec, self._facts(manifests, descendant, done))
+        return self._flow(manifests, descendant, parents, decision)
+
+    def _flow(
+        self,
+        manifests: Manifests,
+        descendant: Descendant,
+        parents: list[ParentArtifact],
+        decision: Decision,
+    ) -> DescendantStatus:
+        """Run the flow from admission to a terminal phase, and record it."""
+        name = descendant.metadata.name
+        policy = manifests.policies[descendant.spec.policy_ref.name]
+        suite = manifests.suites[descendant.spec.evaluation_suite_ref.name]
         status = DescendantStatus()
         jobs: dict[tuple[Step, int], JobObservation] = {}
         store = str(self.workspace.store)
@@ -307,7 +373,7 @@ class LocalBreeder:
                 task_path.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
                 run = job_name(name, step, attempt)
                 jobs[(step, attempt)] = self._run(step, attempt, run, task_path, runs)
-        self.workspace.record(name, inputs, status)
+        self.workspace.record(name, _inputs(manifests, descendant, parents), status)
         self.progress(name, status.phase + (f": {status.message}" if status.message else ""))
         return status
 
@@ -321,20 +387,22 @@ class LocalBreeder:
                 from studbook.api.task import SignTask
 
                 run_sign(SignTask.model_validate_json(task_path.read_bytes()), signer, identity)
-                ok, reason = True, ""
+                code, reason = 0, ""
             except (ArtifactError, OSError, ValueError) as error:
-                ok, reason = False, str(error)
+                # As the sign Job's command exits on an exception: retried.
+                code, reason = EXIT_FAILED, str(error)
         else:
             command = "run" if step == "breed" else "evaluate"
-            ok, reason = self.steps.run(
+            code, reason = self.steps.run(
                 [command, "--task", str(task_path)], runs / f"{step}-{attempt}.log", self.activity
             )
         return JobObservation(
             step=step,
             attempt=attempt,
             name=run,
-            phase="Succeeded" if ok else "Failed",
-            reason=None if ok else reason,
+            phase="Succeeded" if code == 0 else "Failed",
+            reason=reason or None,
             started_at=started,
             finished_at=datetime.now(UTC),
+            exit_code=code or None,
         )

@@ -26,6 +26,7 @@ from studbook.api.task import (
     SignResultFile,
     SignTask,
     result_uri,
+    scorecard_uri,
 )
 from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Signer, Store
 from studbook.artifacts.errors import ArtifactError, SignatureError
@@ -98,11 +99,14 @@ def step_results(
     it to one the caller can open.
     """
 
-    def latest(step: Step, model: type[M]) -> M | None:
+    def latest_uri(step: Step) -> str | None:
         done = [a for (s, a), job in jobs.items() if s == step and job.phase == "Succeeded"]
-        if not done:
+        return result_uri(store, namespace, name, step, max(done)) if done else None
+
+    def latest(step: Step, model: type[M]) -> M | None:
+        uri = latest_uri(step)
+        if uri is None:
             return None
-        uri = result_uri(store, namespace, name, step, max(done))
         try:
             return read_result(uri, model)
         except ValidationError as error:
@@ -113,14 +117,17 @@ def step_results(
     evaluated = latest("evaluate", EvaluateResultFile)
     signed = latest("sign", SignResultFile)
     evaluation = None
-    if evaluated is not None:
+    evaluated_at = latest_uri("evaluate")
+    if evaluated is not None and evaluated_at is not None:
         summary = evaluated.scorecard
-        refusals = list(summary.reasons if summary.verdict != "pass" else [])
-        if summary.uri:
-            with fsspec.open(reachable(summary.uri), "rb") as handle:
+        expected = scorecard_uri(evaluated_at)
+        if summary.uri != expected:
+            # The pod chose where its scorecard is; only the location bound to its Job counts.
+            log.warning("evaluate result names scorecard %r, not %s", summary.uri, expected)
+        else:
+            with fsspec.open(reachable(expected), "rb") as handle:
                 card = Scorecard.model_validate_json(handle.read())
-            refusals = list(evaluation_gate(card, gates).reasons)
-        evaluation = EvaluateResult(summary, tuple(refusals))
+            evaluation = EvaluateResult(summary, tuple(evaluation_gate(card, gates).reasons))
     return (
         BreedResult(bred.artifact, bred.lineage, bred.profile) if bred else None,
         evaluation,

@@ -90,13 +90,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, models: Models, data: Da
         _founder("minilm-sentiment", models.sentiment, "sentiment"),
         _founder("minilm-topic", models.topic, "topic"),
         merged,
-        refused,
     ]
     (manifests / "all.yaml").write_text(yaml.safe_dump_all(documents))
     space = root / "workspace"
     command = [sys.executable, "-m", "studbook", "breed", str(manifests), "--workspace", str(space)]
     bred = subprocess.run(command, capture_output=True, text=True)
-    # The refused child makes the run end non-zero; everything else must be Ready.
+    # Added later, the refused child stops that run before any step and is recorded Rejected.
+    (manifests / "all.yaml").write_text(yaml.safe_dump_all([*documents, refused]))
+    bred = subprocess.run(command, capture_output=True, text=True)
     registry = json.loads((space / "registry.json").read_text())
     phases = {name: entry["status"]["phase"] for name, entry in registry.items()}
     assert phases == {
