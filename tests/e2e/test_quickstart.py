@@ -166,3 +166,14 @@ def test_a_second_run_reuses_every_artifact(quickstart: Quickstart) -> None:
     print(f"second run: {seconds:.1f} s (first {quickstart.first_seconds:.0f} s)")
     assert second.stdout.count("reused") == len(EVERY), second.stdout
     assert sorted(p.name for p in (quickstart.workspace / "store" / "runs").rglob("*")) == runs
+
+
+def test_a_second_workspace_breeds_every_artifact_to_the_same_id(
+    quickstart: Quickstart, tmp_path: Path
+) -> None:
+    # Another directory, another store and another signing key: only the inputs are the same,
+    # so every artifact (founder, trained, merged, distilled and quantized) must be too.
+    again = Quickstart(tmp_path)
+    assert again.manifests != quickstart.manifests
+    ids = {name: quickstart.status(name)["artifact"]["id"] for name in EVERY}
+    assert {name: again.status(name)["artifact"]["id"] for name in EVERY} == ids
