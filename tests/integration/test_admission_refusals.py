@@ -18,6 +18,7 @@ from studbook import GROUP, VERSION
 from studbook.artifacts import KeySigner, Lineage, Store
 from studbook.artifacts.signing import sign_artifact
 from tests.builders import Body
+from tests.cluster.controlplane import LOCAL_NODE_LABEL, LOCAL_NODE_TAINT
 from tests.keys import ec_key
 from tests.operator_fixtures import OperatorProcess, apply, descendant_status, wait_for
 
@@ -140,6 +141,12 @@ def test_each_refusal_has_its_reason_and_creates_no_job(
         .set("metadata.name", "forbidden-quantize")
         .set("spec.parents", [{"name": "base"}])
     )
+    # The node that runs pods as processes on this host: a tenant may not place a pod there.
+    local_runner = (
+        Body(lora("forbidden-placement", "base"))
+        .set("spec.resources.nodeSelector", {LOCAL_NODE_LABEL[0]: LOCAL_NODE_LABEL[1]})
+        .set("spec.resources.tolerations", [LOCAL_NODE_TAINT])
+    )
     cases = {
         "from-unsigned": (lora("from-unsigned", "unsigned"), "ParentUnsigned"),
         "from-tampered": (lora("from-tampered", "tampered"), "ParentTampered"),
@@ -147,6 +154,7 @@ def test_each_refusal_has_its_reason_and_creates_no_job(
         "rank-over-budget": (lora("rank-over-budget", "base", rank=128), "BudgetExceeded"),
         "incompatible-merge": (merge("incompatible-merge", "gpt2ish"), "IncompatibleParents"),
         "licence-conflict": (merge("licence-conflict", "sharealike"), "LicenseConflict"),
+        "forbidden-placement": (local_runner.manifest, "SchedulingForbidden"),
         "admitted": (lora("admitted", "base"), None),
     }
     for manifest, _ in cases.values():

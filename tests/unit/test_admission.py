@@ -199,6 +199,173 @@ def _cases() -> list[Case]:
             "spec.parents",
             "carries restriction 'no-derivatives'",
         ),
+        *_scheduling_cases(),
+    ]
+
+
+LOCAL_RUNNER = ("studbook.dev/local-runner", "true")
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _scheduling_cases() -> list[Case]:
+    """``lora-specialist`` asks for gpuType NVIDIA-L4, the nvidia.com/gpu toleration and
+    priority class batch-low; ``examples/policy.yaml`` lists exactly those and A100s."""
+    lora = Body.of("lora-specialist")
+    base = _facts(Parent("minilm-base"))
+    nothing_listed = Body.of("policy").set("spec.scheduling", {})
+
+    def lora_with(path: str, value: object) -> Body:
+        return Body.of("lora-specialist").set(f"spec.resources.{path}", value)
+
+    def tolerating(*allowed: dict[str, object]) -> Body:
+        return Body.of("policy").set("spec.scheduling.allowedTolerations", list(allowed))
+
+    return [
+        Case(
+            "scheduling-allowed-node-selector",
+            lora_with("nodeSelector", {LOCAL_RUNNER[0]: LOCAL_RUNNER[1]}),
+            base,
+            None,
+            policy=Body.of("policy").set(
+                "spec.scheduling.allowedNodeSelector",
+                {"nvidia.com/gpu.product": ["NVIDIA-L4"], LOCAL_RUNNER[0]: [LOCAL_RUNNER[1]]},
+            ),
+        ),
+        Case(
+            "scheduling-node-selector-key-not-listed",
+            lora_with("nodeSelector", {"kubernetes.io/hostname": "control-plane-1"}),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.nodeSelector[kubernetes.io/hostname]",
+            "node label 'kubernetes.io/hostname' is not one the policy lets descendants select on",
+        ),
+        Case(
+            "scheduling-gpu-type-not-listed",
+            lora_with("gpuType", "NVIDIA-H100-80GB-HBM3"),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.gpuType",
+            "nvidia.com/gpu.product='NVIDIA-H100-80GB-HBM3' is not allowed",
+        ),
+        Case(
+            "scheduling-gpu-type-as-node-selector-value-not-listed",
+            lora_with("nodeSelector", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.nodeSelector[nvidia.com/gpu.product]",
+            "allowed values: NVIDIA-L4, NVIDIA-A100-SXM4-80GB",
+        ),
+        Case(
+            "scheduling-toleration-of-every-taint",
+            lora_with("tolerations", [{"operator": "Exists"}]),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[0]",
+            "not covered by one the policy allows",
+        ),
+        Case(
+            "scheduling-toleration-of-another-key",
+            lora_with(
+                "tolerations",
+                [GPU_TAINT, {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}],
+            ),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[1]",
+            "node-role.kubernetes.io/control-plane",
+        ),
+        Case(
+            "scheduling-toleration-of-every-effect-under-one-effect",
+            lora_with("tolerations", [{**GPU_TAINT, "effect": None}]),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[0]",
+            "not covered",
+        ),
+        Case(
+            "scheduling-toleration-equal-value-covered-by-exists",
+            lora_with("tolerations", [{**GPU_TAINT, "operator": "Equal", "value": "present"}]),
+            base,
+            None,
+        ),
+        Case(
+            "scheduling-toleration-exists-under-equal",
+            lora_with("tolerations", [{"key": "pool", "operator": "Exists"}]),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[0]",
+            "not covered",
+            tolerating({"key": "pool", "operator": "Equal", "value": "train"}),
+        ),
+        Case(
+            "scheduling-toleration-of-another-value",
+            lora_with("tolerations", [{"key": "pool", "value": "serving"}]),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[0]",
+            "not covered",
+            tolerating({"key": "pool", "operator": "Equal", "value": "train"}),
+        ),
+        Case(
+            "scheduling-toleration-within-no-execute-seconds",
+            lora_with(
+                "tolerations", [{"key": "spot", "effect": "NoExecute", "tolerationSeconds": 60}]
+            ),
+            base,
+            None,
+            policy=tolerating({"key": "spot", "tolerationSeconds": 300}),
+        ),
+        Case(
+            "scheduling-toleration-of-no-execute-forever-under-seconds",
+            lora_with("tolerations", [{"key": "spot", "effect": "NoExecute"}]),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[0]",
+            "not covered",
+            tolerating({"key": "spot", "tolerationSeconds": 300}),
+        ),
+        Case(
+            "scheduling-priority-class-not-listed",
+            lora_with("priorityClassName", "system-cluster-critical"),
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.priorityClassName",
+            "'system-cluster-critical' is not allowed by the policy (allowed: batch-low)",
+        ),
+        Case(
+            "scheduling-nothing-listed-refuses-gpu-type",
+            lora,
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.gpuType",
+            "(allowed: none)",
+            nothing_listed,
+        ),
+        Case(
+            "scheduling-nothing-listed-refuses-toleration",
+            lora,
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.tolerations[0]",
+            "not covered",
+            nothing_listed,
+        ),
+        Case(
+            "scheduling-nothing-listed-refuses-priority-class",
+            lora,
+            base,
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.priorityClassName",
+            "(allowed: none)",
+            nothing_listed,
+        ),
+        Case(
+            "scheduling-nothing-asked-nothing-listed",
+            Body.of("ties-merge"),
+            _facts(*_ties_parents()),
+            None,
+            policy=nothing_listed,
+        ),
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import Field
 
@@ -16,6 +16,7 @@ from studbook.api.common import (
     RiskTier,
     ShortText,
     Spdx,
+    Toleration,
 )
 from studbook.api.resource import CrdInfo, PrinterColumn, Resource
 from studbook.api.suite import bounded_map_rule
@@ -79,6 +80,41 @@ class DataRules(ApiModel):
     """Restrictions that bar a dataset (or a parent that inherited it) from breeding here."""
     propagate: bool = True
     """Descendants inherit the restrictions of their parents' data."""
+
+
+LABEL_GPU_PRODUCT: Final = "nvidia.com/gpu.product"
+"""The node label a descendant's ``resources.gpuType`` selects on."""
+
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
+class SchedulingRules(ApiModel):
+    """What a descendant's ``resources`` may ask of the scheduler for its untrusted pods.
+
+    ``nodeSelector``, ``gpuType``, ``tolerations`` and ``priorityClassName`` decide which nodes
+    run tenant code and whom it may preempt, so each must come from these lists; anything else
+    is refused at admission (``SchedulingForbidden``). Empty lists, the default, allow none of
+    them. Placement a cluster admin applies outside the Descendant (a Kueue ResourceFlavor, a
+    namespace's default node selector) is not a tenant's request and is not judged here.
+    """
+
+    allowed_node_selector: Annotated[
+        dict[str, Annotated[list[LabelValue], Field(min_length=1, max_length=64)]],
+        Field(max_length=32),
+    ] = {}
+    """Node label keys a descendant may select on, each with the values it may ask for; a key
+    not listed, or a value not listed under its key, is refused. ``gpuType`` asks for the label
+    ``nvidia.com/gpu.product``: list the GPU products a descendant may ask for under that key."""
+    allowed_tolerations: Annotated[list[Toleration], Field(max_length=32)] = []
+    """Tolerations a descendant may carry. Each of the descendant's must be covered by one listed
+    here, that is tolerate no taint the listed one does not: the same key unless the listed one
+    has none (it then covers every key); the same value, with operator ``Equal``, unless the
+    listed one's operator is ``Exists``; the same effect unless the listed one names none; and
+    where the descendant's may tolerate ``NoExecute`` taints and the listed one sets
+    ``tolerationSeconds``, at most that many seconds."""
+    allowed_priority_class_names: Annotated[list[Name], Field(max_length=32)] = []
+    """PriorityClasses a descendant's pods may run at; a descendant that names none gets the
+    cluster's default."""
 
 
 class KeySigner(ApiModel):
@@ -205,6 +241,9 @@ class BreedingPolicySpec(ApiModel):
     """Licence rules."""
     data: DataRules = DataRules()
     """Data restriction rules."""
+    scheduling: SchedulingRules = SchedulingRules()
+    """Node selectors, tolerations and priority classes descendants may ask for; none by
+    default."""
     trusted_signers: Annotated[list[TrustedSigner], Field(min_length=1, max_length=16)]
     """Signers whose signatures admit a parent."""
     evaluation_gates: EvaluationGates = EvaluationGates()

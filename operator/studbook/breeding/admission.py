@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from studbook.api import reasons
-from studbook.api.common import Compatibility
+from studbook.api.common import Compatibility, Toleration
 from studbook.api.descendant import DescendantSpec
 from studbook.api.operators import LoraConfig, MergeConfig
-from studbook.api.policy import BreedingPolicySpec
+from studbook.api.policy import LABEL_GPU_PRODUCT, BreedingPolicySpec
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,66 @@ def _budget(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusa
                 yield over(path, "merge weight", abs(weight), budget.max_merge_weight)
 
 
+def _covers(allowed: Toleration, asked: Toleration) -> bool:
+    """Whether ``allowed`` tolerates every taint ``asked`` tolerates, for as long."""
+    if allowed.key and asked.key != allowed.key:
+        return False
+    if allowed.operator == "Equal" and (
+        asked.operator != "Equal" or (asked.value or "") != (allowed.value or "")
+    ):
+        return False
+    if allowed.effect and asked.effect != allowed.effect:
+        return False
+    limit = allowed.toleration_seconds
+    # tolerationSeconds bounds only NoExecute taints; without it they are tolerated forever.
+    if limit is not None and asked.effect in (None, "NoExecute"):
+        return asked.toleration_seconds is not None and asked.toleration_seconds <= limit
+    return True
+
+
+def _scheduling(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusal]:
+    rules = policy.scheduling
+    resources = spec.resources
+    labels = [
+        (f"spec.resources.nodeSelector[{key}]", key, value)
+        for key, value in sorted((resources.node_selector or {}).items())
+    ]
+    if resources.gpu_type:
+        labels.append(("spec.resources.gpuType", LABEL_GPU_PRODUCT, resources.gpu_type))
+    for where, key, value in labels:
+        values = rules.allowed_node_selector.get(key)
+        if values is None:
+            listed = ", ".join(sorted(rules.allowed_node_selector)) or "none"
+            yield Refusal(
+                reasons.SCHEDULING_FORBIDDEN,
+                where,
+                f"node label {key!r} is not one the policy lets descendants select on"
+                f" (allowed: {listed})",
+            )
+        elif value not in values:
+            yield Refusal(
+                reasons.SCHEDULING_FORBIDDEN,
+                where,
+                f"node label {key}={value!r} is not allowed by the policy"
+                f" (allowed values: {', '.join(values)})",
+            )
+    for i, toleration in enumerate(resources.tolerations or []):
+        if not any(_covers(allowed, toleration) for allowed in rules.allowed_tolerations):
+            yield Refusal(
+                reasons.SCHEDULING_FORBIDDEN,
+                f"spec.resources.tolerations[{i}]",
+                f"toleration {toleration.to_wire()} is not covered by one the policy allows",
+            )
+    priority = resources.priority_class_name
+    if priority is not None and priority not in rules.allowed_priority_class_names:
+        listed = ", ".join(rules.allowed_priority_class_names) or "none"
+        yield Refusal(
+            reasons.SCHEDULING_FORBIDDEN,
+            "spec.resources.priorityClassName",
+            f"priority class {priority!r} is not allowed by the policy (allowed: {listed})",
+        )
+
+
 def _parents(
     spec: DescendantSpec, policy: BreedingPolicySpec, parents: Mapping[str, ParentFacts | None]
 ) -> tuple[list[Refusal], list[str], list[str]]:
@@ -347,7 +407,12 @@ def admit(
     such parent exists. Every refusal is reported, not only the first; what can be judged
     without the missing parents is judged at once.
     """
-    refusals = [*_operator(spec, policy), *_budget(spec, policy), *_gpu_hours(spec, policy)]
+    refusals = [
+        *_operator(spec, policy),
+        *_budget(spec, policy),
+        *_gpu_hours(spec, policy),
+        *_scheduling(spec, policy),
+    ]
     parent_refusals, waiting, missing = _parents(spec, policy, parents)
     refusals += parent_refusals
     known = [facts for ref in spec.parents if (facts := parents.get(ref.name)) is not None]
