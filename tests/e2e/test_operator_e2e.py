@@ -2,13 +2,12 @@
 
 The operator runs against the real control plane; its Jobs land on the local pod runner's node,
 which executes them as processes here: the trainer imports and seals the founder, the harness
-evaluates it on a real suite, the sign Job signs artifact and scorecard. ``studbook verify``
-then checks the artifact the way a user would.
+evaluates it on a real suite, and the operator signs artifact and scorecard in its own process.
+``studbook verify`` then checks the artifact the way a user would.
 """
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -61,27 +60,43 @@ def _suite(tmp_path: Path) -> dict[str, Any]:
     return body.manifest
 
 
-def _signing_key(kube: client.ApiClient, namespace: str, tmp_path: Path) -> str:
+@pytest.fixture
+def operator(idle_operator: OperatorProcess, tmp_path: Path) -> OperatorProcess:
+    """The operator with a fresh signing key of its own: it signs in its process, and no Secret
+    in the tenant namespace holds the key."""
     public = ec_key(tmp_path / "signing" / "key.pem")
-    pem = (tmp_path / "signing" / "key.pem").read_bytes()
-    client.CoreV1Api(kube).create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "studbook-signing"},
-            "data": {"key.pem": base64.b64encode(pem).decode()},
-        },
-    )
-    return public
+    (tmp_path / "trusted.pem").write_text(public)
+    idle_operator.env["STUDBOOK_SIGNING_DIR"] = str(tmp_path / "signing")
+    idle_operator.start()
+    return idle_operator
+
+
+def _no_signing_in(kube: client.ApiClient, namespace: str) -> None:
+    """Nothing in the tenant namespace signs or holds signing material."""
+    assert client.CoreV1Api(kube).list_namespaced_secret(namespace).items == []
+    jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
+    assert jobs and not any("-sign-" in j.metadata.name for j in jobs)
 
 
 def _governance_and_founder(kube: client.ApiClient, namespace: str, tmp_path: Path) -> Body:
-    """Apply a policy trusting a fresh signing key (its Secret too) and a suite on real data;
-    return the founder's manifest, a MiniLM classifier imported on the local runner."""
+    """Apply a policy trusting the operator's signing key and a suite on real data; return the
+    founder's manifest, a MiniLM classifier imported on the local runner."""
     founder_dir = fx.base_classifier(tmp_path / "founder")
-    public = _signing_key(kube, namespace, tmp_path)
-    (tmp_path / "trusted.pem").write_text(public)
-    policy = Body.of("policy").set(
-        "spec.trustedSigners", [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}]
+    public = (tmp_path / "trusted.pem").read_text()
+    policy = (
+        Body.of("policy")
+        .set(
+            "spec.trustedSigners",
+            [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public}}],
+        )
+        # The local runner's node, as the policy allows descendants to ask for it.
+        .set(
+            "spec.scheduling",
+            {
+                "allowedNodeSelector": {k: [v] for k, v in LOCAL_NODE["nodeSelector"].items()},
+                "allowedTolerations": LOCAL_NODE["tolerations"],
+            },
+        )
     )
     apply(kube, namespace, policy.set("spec.evaluationGates", {}).manifest)
     apply(kube, namespace, _suite(tmp_path))
@@ -124,6 +139,7 @@ def test_founder_manifest_ends_ready_signed_and_evaluated(
         ("evaluate", "Succeeded"),
         ("sign", "Succeeded"),
     ]
+    _no_signing_in(kube, namespace)
     verified = subprocess.run(
         [
             sys.executable,

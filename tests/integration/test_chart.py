@@ -26,7 +26,12 @@ from kubernetes.client.exceptions import ApiException
 from studbook.controllers.webhook import CONFIGURATION, SERVICE_PORT
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
-from tests.cluster.fixtures import apply_peering_crds, service_account_token
+from tests.cluster.fixtures import (
+    apply_peering_crds,
+    grant,
+    service_account_client,
+    service_account_token,
+)
 from tests.manifests import example
 from tests.operator_fixtures import (
     REPO,
@@ -289,7 +294,7 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert jobs[0].spec.template.spec.containers[0].image == values["image"]["trainer"]
     policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
-    assert [p.metadata.name for p in policies] == ["studbook-untrusted"]
+    assert [p.metadata.name for p in policies] == ["studbook-steps"]
     reasons = {
         e.reason
         for e in client.CoreV1Api(kube).list_namespaced_event(namespace).items
@@ -300,6 +305,47 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     log = operator.log.read_text()
     assert "Forbidden" not in log and " 403" not in log, log[-4000:]
     assert operator.proc is not None and operator.proc.poll() is None, log[-4000:]
+
+
+def test_the_signing_key_stays_in_the_operators_namespace(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str
+) -> None:
+    home = f"{namespace[:50]}-sys"
+    objects = _render("sb", home, None)
+    secret = yaml.safe_load((CHART / "values.yaml").read_text())["signingSecret"]
+    # Only the operator's pod mounts the key, in the release's namespace; no Job is given it.
+    pod, container = _operator_pod(objects)
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret]
+    assert {"name": volume["name"], "mountPath": "/etc/studbook/signing", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    assert {"name": "STUDBOOK_SIGNING_DIR", "value": "/etc/studbook/signing"} in container["env"]
+    assert secret not in json.dumps([o for o in objects if o["kind"] != "Deployment"])
+    assert "secrets" not in json.dumps([o for o in objects if o["kind"] == "ClusterRole"])
+    # A tenant with every right in its own namespace cannot read the key in the operator's.
+    core = client.CoreV1Api(kube)
+    core.create_namespace({"metadata": {"name": home}})
+    try:
+        core.create_namespaced_secret(
+            home, {"metadata": {"name": secret}, "stringData": {"key.pem": "not a real key"}}
+        )
+        tenant = service_account_client(cluster, kube, namespace, "tenant")
+        everything = [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+        grant(kube, namespace, "tenant", "tenant-admin", everything)
+
+        def rights_in_its_namespace() -> bool:
+            try:
+                client.CoreV1Api(tenant).list_namespaced_secret(namespace)
+            except ApiException:
+                return False  # RBAC's cache has not seen the binding yet
+            return True
+
+        wait_for(rights_in_its_namespace, what="the tenant's rights in its namespace")
+        with pytest.raises(ApiException) as refused:
+            client.CoreV1Api(tenant).read_namespaced_secret(secret, home)
+        assert refused.value.status == 403
+    finally:
+        core.delete_namespace(home)
 
 
 def test_helm_lints_the_chart() -> None:

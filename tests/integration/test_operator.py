@@ -112,8 +112,56 @@ def test_admitted_founder_gets_an_untrusted_owned_breed_job_and_fails_without_re
     assert len(_jobs(kube, namespace)) == 1, "exactly one breed Job"
     policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
     assert [(p.metadata.name, p.spec.policy_types) for p in policies] == [
-        ("studbook-untrusted", ["Ingress", "Egress"])
+        ("studbook-steps", ["Ingress", "Egress"])
     ]
+
+
+def _fence(kube: client.ApiClient, namespace: str) -> tuple[list[str], int, int] | None:
+    """The step policy's fenced purposes and its counts of ingress and egress rules, if any."""
+    networking = client.NetworkingV1Api(kube)
+    found = networking.list_namespaced_network_policy(namespace).items
+    policy = next((p for p in found if p.metadata.name == "studbook-steps"), None)
+    if policy is None:
+        return None
+    (selector,) = policy.spec.pod_selector.match_expressions
+    return list(selector.values), len(policy.spec.ingress or []), len(policy.spec.egress or [])
+
+
+def test_the_step_network_policy_is_put_back_when_edited_or_deleted(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, example("policy"))
+    apply(kube, namespace, example("suite"))
+    apply(
+        kube,
+        namespace,
+        Body.of("founder-import").set("spec.resources", {"backoffLimit": 0}).manifest,
+    )
+    fenced = (["breed", "evaluate"], 0, 0)
+    wait_for(lambda: _fence(kube, namespace) == fenced, what="step policy", log=operator.log)
+    networking = client.NetworkingV1Api(kube)
+    # Opened up: sign pods let out, and egress anywhere.
+    networking.patch_namespaced_network_policy(
+        "studbook-steps",
+        namespace,
+        {
+            "spec": {
+                "podSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "breeding.studbook.dev/purpose",
+                            "operator": "In",
+                            "values": ["breed"],
+                        }
+                    ]
+                },
+                "egress": [{}],
+            }
+        },
+    )
+    wait_for(lambda: _fence(kube, namespace) == fenced, what="edit undone", log=operator.log)
+    networking.delete_namespaced_network_policy("studbook-steps", namespace)
+    wait_for(lambda: _fence(kube, namespace) == fenced, what="policy back", log=operator.log)
 
 
 def test_missing_parent_waits_and_continues_when_it_appears(

@@ -11,15 +11,13 @@ from tests.builders import Body
 from studbook.api import Descendant
 from studbook.breeding.flow import job_name
 from studbook.controllers.view import indexed_job
-from studbook.k8s.jobs import JobSettings, job, job_phase, untrusted_network_policy
+from studbook.k8s.jobs import JobSettings, job, job_phase, step_network_policy
 
 TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
 SETTINGS = JobSettings(
     trainer_image="registry.example.com/studbook-trainer:0.1.0",
-    operator_image="registry.example.com/studbook:0.1.0",
     artifact_volume={"persistentVolumeClaim": {"claimName": "studbook-artifacts"}},
     store_egress=({"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 9000}]},),
-    signing_secret="studbook-signing-key",
 )
 
 
@@ -64,16 +62,18 @@ def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
     assert body["spec"]["backoffLimit"] == 0
 
 
-def test_sign_job_alone_sees_signing_material_and_no_gpu() -> None:
-    body = job(_descendant(), "sign", 1, SETTINGS, TASK)
-    pod = _pod(body)
-    assert {"name": "signing", "secret": {"secretName": "studbook-signing-key"}} in pod["volumes"]
-    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
-    assert "nodeSelector" not in pod
-    assert pod["containers"][0]["image"] == SETTINGS.operator_image
+def test_no_job_signs_and_no_step_pod_sees_a_secret() -> None:
+    # The operator signs in its own process: the key never enters a tenant namespace.
+    with pytest.raises(KeyError):
+        job(_descendant(), "sign", 1, SETTINGS, TASK)
+    for step in ("breed", "evaluate"):
+        pod = _pod(job(_descendant(), step, 1, SETTINGS, TASK))
+        assert not any("secret" in v or "projected" in v for v in pod["volumes"]), step
+        env = pod["containers"][0]["env"]
+        assert not any("valueFrom" in e or "SIGNING" in e["name"] for e in env), step
 
 
-@pytest.mark.parametrize("purpose", ["breed", "evaluate", "sign"])
+@pytest.mark.parametrize("purpose", ["breed", "evaluate"])
 def test_jobs_are_owned_and_carry_their_task(purpose: Any) -> None:
     owner = _descendant()
     child = job(owner, purpose, 2, SETTINGS, TASK)
@@ -117,15 +117,17 @@ def test_a_job_runs_once_a_pod_is_ready_not_once_one_exists() -> None:
 
 
 def test_network_policy_allows_only_the_store() -> None:
-    policy = untrusted_network_policy("ml-breeding", SETTINGS)
+    policy = step_network_policy("ml-breeding", SETTINGS)
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert policy["spec"]["ingress"] == []
     assert policy["spec"]["egress"] == list(SETTINGS.store_egress)
     selector = policy["spec"]["podSelector"]
     (expression,) = selector["matchExpressions"]
-    assert expression["values"] == ["breed", "evaluate"], "sign pods are not fenced in"
-    pod_labels = job(_descendant(), "breed", 1, SETTINGS, TASK)["spec"]["template"]["metadata"]
-    assert selector["matchLabels"].items() <= pod_labels["labels"].items()
+    assert expression["values"] == ["breed", "evaluate"]
+    for step in ("breed", "evaluate"):
+        pod = job(_descendant(), step, 1, SETTINGS, TASK)["spec"]["template"]["metadata"]
+        assert selector["matchLabels"].items() <= pod["labels"].items()
+        assert pod["labels"][expression["key"]] in expression["values"]
 
 
 def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -> None:

@@ -24,10 +24,17 @@ from studbook import metrics
 from studbook.api import reasons
 from studbook.api.descendant import Descendant, DescendantSpec, DescendantStatus, Step
 from studbook.api.policy import BreedingPolicy
-from studbook.api.task import EXIT_FAILED, EXIT_REFUSED, ParentArtifact
-from studbook.artifacts import Store, Verifier
-from studbook.artifacts.errors import ArtifactError
+from studbook.api.task import (
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    ParentArtifact,
+    SignResultFile,
+    result_uri,
+)
+from studbook.artifacts import Signer, Store, Verifier
+from studbook.artifacts.errors import ArtifactError, SigningError
 from studbook.artifacts.policy import trust_policy
+from studbook.artifacts.results import read_result
 from studbook.breeding.admission import Decision, ParentFacts, admit
 from studbook.breeding.flow import (
     TERMINAL,
@@ -35,21 +42,24 @@ from studbook.breeding.flow import (
     JobObservation,
     Observed,
     Plan,
+    job_name,
     reconcile,
 )
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget, typed
 from studbook.k8s import jobs as builders
+from studbook.k8s.client import apply as client_apply
 from studbook.k8s.client import config_map_value, create, create_if_absent, patch_status
-from studbook.local.steps import parent_facts, step_results
+from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results
 
 log = logging.getLogger("studbook.descendants")
 
 EventSink = Callable[[dict[str, Any], Event], None]
 TRUST_CONFIG_KEY = "trust_config.json"
 """The key of a keyless signer's ConfigMap that holds the sigstore ClientTrustConfig."""
-STEP_NAMES: dict[str, Step] = {"breed": "breed", "evaluate": "evaluate", "sign": "sign"}
+STEP_NAMES: dict[str, Step] = {"breed": "breed", "evaluate": "evaluate"}
+"""The steps that run as Jobs; the operator signs in its own process."""
 
 
 @dataclass
@@ -66,6 +76,8 @@ class Controller:
     _counted: set[str] = field(default_factory=set)
     _written: dict[str, str] = field(default_factory=dict)
     _fenced: set[str] = field(default_factory=set)
+    _signings: dict[str, dict[int, JobObservation]] = field(default_factory=dict)
+    """Sign attempts run in this process, by Descendant uid and attempt."""
     _looked_at: dict[str, float] = field(default_factory=dict)
 
     def echoes(self, body: dict[str, Any]) -> bool:
@@ -140,7 +152,11 @@ class Controller:
         status = descendant.status or DescendantStatus()
         observed = self._observe(descendant, status, view)
         plan = reconcile(observed)
-        self._act(descendant, observed, plan, view)
+        if self._act(descendant, observed, plan, view):
+            # Signing ran here, not in a Job: its outcome is known now, so plan again with it.
+            observed = self._observe(descendant, status, view)
+            plan = reconcile(observed)
+            self._act(descendant, observed, plan, view)
         # Metrics first: whoever sees the new status can already scrape it.
         metrics.POPULATION.observe(
             str(descendant.metadata.uid), plan.status.phase, plan.status.stage
@@ -153,6 +169,7 @@ class Controller:
             self.post_event(body, event)
         if plan.status.phase in TERMINAL:
             forget(str(descendant.metadata.uid))
+            self._signings.pop(str(descendant.metadata.uid), None)
         return plan
 
     def _observe(self, descendant: Descendant, status: DescendantStatus, view: View) -> Observed:
@@ -185,6 +202,8 @@ class Controller:
                 generation, status, now, name=name, missing=tuple(missing), decision=decision
             )
         jobs = self._jobs(namespace, view.jobs_of(namespace, name))
+        for attempt, signing in self._signings.get(str(descendant.metadata.uid), {}).items():
+            jobs[("sign", attempt)] = signing
         breed, evaluate, sign = step_results(
             self.settings.store,
             namespace,
@@ -352,14 +371,26 @@ class Controller:
 
     # -- acting ---------------------------------------------------------------------------
 
-    def _act(self, descendant: Descendant, observed: Observed, plan: Plan, view: View) -> None:
+    def fence(self, namespace: str) -> None:
+        """Apply the namespace's step NetworkPolicy as it should be.
+
+        Before the namespace's first Job, and again whenever the policy is seen edited or deleted.
+        """
+        client_apply(self.api, builders.step_network_policy(namespace, self.settings.jobs))
+        self._fenced.add(namespace)
+
+    def _act(self, descendant: Descendant, observed: Observed, plan: Plan, view: View) -> bool:
+        """Create the Jobs the plan asks for, and sign here; whether a signing ran."""
         namespace = descendant.metadata.namespace or "default"
+        signed = False
         for step, attempt in plan.create:
+            if step == "sign":
+                self._sign(descendant, observed, attempt)
+                signed = True
+                continue
             task = self._task(descendant, observed, step, attempt, view)
-            if step != "sign" and namespace not in self._fenced:
-                policy = builders.untrusted_network_policy(namespace, self.settings.jobs)
-                create_if_absent(self.api, policy)
-                self._fenced.add(namespace)
+            if namespace not in self._fenced:
+                self.fence(namespace)
             body = builders.job(
                 descendant,
                 step,
@@ -373,6 +404,53 @@ class Controller:
                 log.info(
                     "created %s job attempt %d for %s", step, attempt, descendant.metadata.name
                 )
+        return signed
+
+    def _sign(self, descendant: Descendant, observed: Observed, attempt: int) -> None:
+        """Re-hash the artifact and sign it and its scorecard here, as the operator.
+
+        The signing material stays in the operator's pod, in its own namespace: no pod in a
+        tenant namespace ever mounts it. A result already in the store (signed before a restart)
+        is taken as it is, so an artifact is not signed twice for one attempt.
+        """
+        assert observed.breed is not None and observed.evaluate is not None
+        namespace = descendant.metadata.namespace or "default"
+        name = descendant.metadata.name
+        store = self.settings.store
+        started = datetime.now(UTC)
+        code, reason = 0, None
+        if read_result(result_uri(store, namespace, name, "sign", attempt), SignResultFile) is None:
+            scorecard = self._store_uri(str(observed.evaluate.scorecard.uri))
+            task = sign_task(descendant, observed.breed.artifact.id, scorecard, store, attempt)
+            try:
+                run_sign(task, *self._signer())
+            except SigningError as error:  # the key, the certificate or sigstore: may recover
+                code, reason = EXIT_FAILED, str(error)
+            except ArtifactError as error:  # the artifact or scorecard is refused as it is
+                code, reason = EXIT_REFUSED, str(error)
+            except (OSError, ValueError) as error:
+                code, reason = EXIT_FAILED, f"{type(error).__name__}: {error}"
+            if code:
+                metrics.JOB_FAILURES.labels("sign").inc()
+                log.warning("signing %s/%s failed: %s", namespace, name, reason)
+            if attempt > 1:
+                metrics.JOB_RETRIES.labels("sign").inc()
+        self._signings.setdefault(str(descendant.metadata.uid), {})[attempt] = JobObservation(
+            step="sign",
+            attempt=attempt,
+            name=job_name(name, "sign", attempt),
+            phase="Failed" if code else "Succeeded",
+            reason=reason,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            exit_code=code or None,
+        )
+
+    def _signer(self) -> tuple[Signer, str]:
+        """The operator's signer and the identity it signs as."""
+        if self.settings.signing_dir is None:
+            raise SigningError("no signing material: STUDBOOK_SIGNING_DIR is not set")
+        return signer_from_dir(self.settings.signing_dir)
 
     def _task(
         self, descendant: Descendant, observed: Observed, step: Step, attempt: int, view: View
@@ -397,8 +475,7 @@ class Controller:
                 niche=descendant.spec.niche,
             )
             return evaluate_task(descendant, subject, parents, suite, store, attempt)
-        assert observed.evaluate is not None and observed.evaluate.scorecard.uri is not None
-        return sign_task(descendant, artifact.id, observed.evaluate.scorecard.uri, store, attempt)
+        raise ValueError(f"no Job runs the {step} step")
 
     def _patch_if_changed(
         self, namespace: str, name: str, current: dict[str, Any], status: DescendantStatus

@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from studbook import GROUP, VERSION, metrics
@@ -27,9 +28,11 @@ from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
 from studbook.controllers.view import View, forget, indexed, indexed_job
 from studbook.k8s.client import api_client, get_object, patch_status
-from studbook.k8s.jobs import LABEL_DESCENDANT, job_phase
+from studbook.k8s.jobs import LABEL_DESCENDANT, STEP_POLICY, job_phase
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+MANAGED_BY = "app.kubernetes.io/managed-by"
 Indexed = dict[tuple[str, str], dict[str, Any]]
 log = logging.getLogger("studbook.admission")
 WORKERS = 32
@@ -78,6 +81,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # all namespaces would receive every Job in the cluster, and kopf would drop it only after
     # parsing it and queueing it.
     settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_DESCENDANT
+    settings.watching.label_selectors[NETWORK_POLICIES] = f"{MANAGED_BY}=studbook"
     settings.execution.max_workers = WORKERS
     settings.watching.chunk_size = LIST_CHUNK
     memo.executor = settings.execution.executor
@@ -250,6 +254,23 @@ async def job_event(
     owner = view.descendant_body(body["metadata"]["namespace"], labels[LABEL_DESCENDANT])
     if owner is not None and not finished(owner):
         await _reconcile(memo, owner, view)
+
+
+@kopf.on.event(*NETWORK_POLICIES, labels={MANAGED_BY: "studbook"})
+async def network_policy_event(
+    type: str | None, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A step NetworkPolicy was listed, edited or deleted: apply it as it should be.
+
+    Applying what is already there changes nothing and so brings no further event.
+    """
+    if name != STEP_POLICY or namespace is None:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(memo.executor, _controller(memo).fence, namespace)
+    except ApiException as error:  # a namespace being deleted takes no new objects
+        log.warning("cannot restore NetworkPolicy %s/%s: %s", namespace, name, error.reason)
 
 
 @kopf.on.event(GROUP, VERSION, BreedingPolicy.crd.plural)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from studbook.k8s.jobs import JobSettings
@@ -32,6 +33,9 @@ class OperatorSettings:
     """The artifact store as the operator reaches it (a path or an fsspec URI)."""
     jobs: JobSettings
     """How Jobs are built; ``jobs.store_mount`` is the store as the Jobs see it."""
+    signing_dir: Path | None = None
+    """The operator's signing material (``key.pem``, a certificate, or a sigstore trust
+    configuration): the operator signs in its own process, and nothing else mounts it."""
 
     @property
     def job_store(self) -> str:
@@ -54,12 +58,9 @@ class OperatorSettings:
             trainer_image=os.environ.get(
                 "STUDBOOK_TRAINER_IMAGE", "ghcr.io/studbook/trainer:0.1.0"
             ),
-            operator_image=os.environ.get(
-                "STUDBOOK_OPERATOR_IMAGE", "ghcr.io/studbook/operator:0.1.0"
-            ),
             artifact_volume=volume,
             store_mount=os.environ.get("STUDBOOK_JOB_STORE", "/work"),
             store_egress=tuple(egress),
-            signing_secret=os.environ.get("STUDBOOK_SIGNING_SECRET", "studbook-signing"),
         )
-        return cls(store=store, jobs=jobs)
+        signing = os.environ.get("STUDBOOK_SIGNING_DIR")
+        return cls(store=store, jobs=jobs, signing_dir=Path(signing) if signing else None)

@@ -146,6 +146,29 @@ def create_if_absent(api: ApiClient, body: dict[str, Any]) -> bool:
     return True
 
 
+FIELD_MANAGER = "studbook"
+"""The field manager of what the operator applies."""
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+def apply(api: ApiClient, body: dict[str, Any]) -> None:
+    """Server-side apply a namespaced object: create it, or set the fields Studbook owns.
+
+    Forced, so an edit of an owned field is undone; a no-op when nothing differs, so applying
+    on every watch event of the object cannot loop. Defaults the API server fills in are no
+    difference, as they would be to a comparison of bodies.
+    """
+    meta = body["metadata"]
+    _send(
+        api,
+        "PATCH",
+        COLLECTIONS[body["kind"]] + "/{name}?fieldManager=" + FIELD_MANAGER + "&force=true",
+        {"namespace": meta["namespace"], "name": meta["name"]},
+        body,
+        APPLY_PATCH,
+    )
+
+
 def patch_status(
     api: ApiClient, cls: type[Resource], namespace: str, name: str, status: dict[str, Any]
 ) -> str:

@@ -1,9 +1,10 @@
 """Builders of the Kubernetes objects a Descendant runs: its Jobs, and the NetworkPolicy of them.
 
 The breed pod is untrusted: it runs as non-root on a read-only root filesystem, gets no
-service-account token, and a NetworkPolicy lets it reach nothing but the artifact store. Only the
-sign Job sees signing material. Every object is owned by its Descendant, so deleting the
-Descendant removes its Jobs (never the sealed artifact, which lives in the store).
+service-account token, and a NetworkPolicy lets it, like every step pod, reach nothing but the
+artifact store. No pod of a tenant namespace sees signing material: the operator signs in its
+own process. Every object is owned by its Descendant, so deleting the Descendant removes its
+Jobs (never the sealed artifact, which lives in the store).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from studbook import GROUP
 from studbook.api.descendant import Descendant, JobPhase, Step
+from studbook.api.policy import LABEL_GPU_PRODUCT
 from studbook.breeding.flow import job_name
 
 Body = dict[str, Any]
@@ -21,19 +23,17 @@ LABEL_DESCENDANT = f"{GROUP}/descendant"
 LABEL_PURPOSE = f"{GROUP}/purpose"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
 ANNOTATION_TASK = f"{GROUP}/task"
-UNTRUSTED_POLICY = "studbook-untrusted"
+STEP_POLICY = "studbook-steps"
 TASK_MOUNT = "/etc/studbook/task"
 NON_ROOT_UID = 65532
-SIGNING_MOUNT = "/etc/studbook/signing"
 
 COMMANDS: dict[Step, tuple[str, ...]] = {
     "breed": ("python", "-m", "studbook_trainer", "run"),
     "evaluate": ("python", "-m", "studbook_trainer", "evaluate"),
-    "sign": ("python", "-m", "studbook", "sign-task"),
 }
-"""What each step's container runs; the task file follows as ``--task``."""
+"""What each step's container runs; the task file follows as ``--task``. The sign step runs in
+the operator, so the signing material never enters a tenant namespace."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,12 @@ class JobSettings:
 
     trainer_image: str
     """The trainer image that breed and evaluate Jobs run."""
-    operator_image: str
-    """The operator image that sign Jobs run: signing never happens in the trainer image."""
     artifact_volume: Body
     """The volume the artifact store is mounted from (a PVC, or any volume source)."""
     store_egress: tuple[Body, ...] = ()
     """NetworkPolicy egress rules that reach the artifact store; nothing else is reachable."""
     store_mount: str = "/work"
     """Where the artifact store volume is mounted in every Job's pod."""
-    signing_secret: str | None = None
-    """The Secret with signing material, mounted only into sign Jobs."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of the trainer image."""
     extra_env: tuple[tuple[str, str], ...] = field(default=())
@@ -103,8 +99,7 @@ def _resources(owner: Descendant, purpose: Step) -> Body:
     amounts: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory}
     if spec.ephemeral_storage:
         amounts["ephemeral-storage"] = spec.ephemeral_storage
-    # Signing needs no accelerator; breeding and evaluation get the GPUs asked for.
-    if spec.gpus and purpose != "sign":
+    if spec.gpus:
         amounts["nvidia.com/gpu"] = str(spec.gpus)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
@@ -112,7 +107,7 @@ def _resources(owner: Descendant, purpose: Step) -> Body:
 def job(
     owner: Descendant, purpose: Step, attempt: int, settings: JobSettings, task_json: str
 ) -> Body:
-    """The Job that runs one step (breed, evaluate or sign) of a descendant.
+    """The Job that runs one step (breed or evaluate) of a descendant.
 
     The task travels in the pod's annotation and reaches the container as a file through the
     downward API: one object per step, nothing to clean up beside it.
@@ -121,7 +116,7 @@ def job(
     resources = owner.spec.resources
     labels = _labels(owner, purpose, attempt)
     node_selector = dict(resources.node_selector or {})
-    if resources.gpu_type and purpose != "sign":
+    if resources.gpu_type:
         node_selector[LABEL_GPU_PRODUCT] = resources.gpu_type
     volumes: list[Body] = [
         {
@@ -144,10 +139,6 @@ def job(
         {"name": "artifacts", "mountPath": settings.store_mount},
     ]
     env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
-    if purpose == "sign" and settings.signing_secret:
-        volumes.append({"name": "signing", "secret": {"secretName": settings.signing_secret}})
-        mounts.append({"name": "signing", "mountPath": SIGNING_MOUNT, "readOnly": True})
-        env.append({"name": "STUDBOOK_SIGNING_DIR", "value": SIGNING_MOUNT})
     env += [{"name": key, "value": value} for key, value in settings.extra_env]
     pod_spec: Body = {
         "restartPolicy": "Never",
@@ -163,7 +154,7 @@ def job(
         "containers": [
             {
                 "name": purpose,
-                "image": settings.operator_image if purpose == "sign" else settings.trainer_image,
+                "image": settings.trainer_image,
                 "imagePullPolicy": settings.image_pull_policy,
                 "command": list(COMMANDS[purpose]),
                 "args": ["--task", f"{TASK_MOUNT}/task.json"],
@@ -215,8 +206,8 @@ def job(
     }
 
 
-def untrusted_network_policy(namespace: str, settings: JobSettings) -> Body:
-    """Deny every connection of a namespace's untrusted (breed, evaluate) pods but to the store.
+def step_network_policy(namespace: str, settings: JobSettings) -> Body:
+    """Deny every connection of a namespace's step pods (breed, evaluate) but to the store.
 
     One policy per namespace serves every descendant in it.
     """
@@ -224,7 +215,7 @@ def untrusted_network_policy(namespace: str, settings: JobSettings) -> Body:
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": UNTRUSTED_POLICY,
+            "name": STEP_POLICY,
             "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "studbook"},
         },
@@ -232,7 +223,7 @@ def untrusted_network_policy(namespace: str, settings: JobSettings) -> Body:
             "podSelector": {
                 "matchLabels": {"app.kubernetes.io/managed-by": "studbook"},
                 "matchExpressions": [
-                    {"key": LABEL_PURPOSE, "operator": "In", "values": ["breed", "evaluate"]}
+                    {"key": LABEL_PURPOSE, "operator": "In", "values": list(COMMANDS)}
                 ],
             },
             "policyTypes": ["Ingress", "Egress"],

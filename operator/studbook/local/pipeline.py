@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ from typing import Any
 from studbook.api import Problem
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import Descendant, DescendantStatus, Step
+from studbook.api.policy import BreedingPolicySpec
 from studbook.api.task import EXIT_FAILED, TERMINATION_LOG_ENV, ParentArtifact
-from studbook.artifacts import Store, TrustedKey, Verifier
+from studbook.artifacts import Store, TrustedKey, TrustPolicy, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
 from studbook.breeding.admission import Decision, ParentFacts, admit
@@ -99,6 +100,17 @@ class Workspace:
         return private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+
+
+def local_trust(policy: BreedingPolicySpec, *keys: TrustedKey) -> TrustPolicy:
+    """Whose signatures count on this machine: the policy's keys and CAs, and ``keys``.
+
+    Keyless identities need a cluster's trust configuration; locally, keys and CAs count, and
+    the workspace key is the local signer: what it signed, this machine bred.
+    """
+    offline = [s for s in policy.trusted_signers if s.keyless is None]
+    trust = trust_policy(offline)
+    return replace(trust, signers=(*trust.signers, *keys))
 
 
 def _inputs(manifests: Manifests, descendant: Descendant, parents: list[ParentArtifact]) -> str:
@@ -257,12 +269,8 @@ class LocalBreeder:
         self, manifests: Manifests, descendant: Descendant, done: dict[str, DescendantStatus]
     ) -> dict[str, ParentFacts | None]:
         policy = manifests.policies[descendant.spec.policy_ref.name]
-        # Keyless identities need a cluster's trust configuration; locally, keys and CAs count,
-        # and the workspace key is the local signer: what it signed, this machine bred.
-        offline = [s for s in policy.spec.trusted_signers if s.keyless is None]
-        trust = trust_policy(offline)
-        trust = type(trust)((*trust.signers, TrustedKey(self.public_key, "workspace")))
-        verifier = Verifier(self.store, trust)
+        workspace = TrustedKey(self.public_key, "workspace")
+        verifier = Verifier(self.store, local_trust(policy.spec, workspace))
 
         def refused(error: ArtifactError) -> None:
             self.progress(descendant.metadata.name, f"parent refused: {error}")
@@ -389,7 +397,7 @@ class LocalBreeder:
                 run_sign(SignTask.model_validate_json(task_path.read_bytes()), signer, identity)
                 code, reason = 0, ""
             except (ArtifactError, OSError, ValueError) as error:
-                # As the sign Job's command exits on an exception: retried.
+                # As the operator's signing fails on an exception: retried.
                 code, reason = EXIT_FAILED, str(error)
         else:
             command = "run" if step == "breed" else "evaluate"

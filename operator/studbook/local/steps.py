@@ -1,7 +1,7 @@
 """The steps of the pipeline that run outside the trainer: signing, and reading step results.
 
-The sign Job (``studbook sign-task``), the operator and ``studbook breed`` use the same functions
-here, so a descendant is signed and judged the same way on a cluster and on a laptop.
+The operator (which signs in its own process) and ``studbook breed`` use the same functions here,
+so a descendant is signed and judged the same way on a cluster and on a laptop.
 """
 
 from __future__ import annotations
