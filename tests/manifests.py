@@ -84,6 +84,13 @@ def _duplicate_parent(m: Manifest) -> None:
     m["spec"]["parents"].append({"name": "minilm-topic"})
 
 
+def _quantize(**fields: Any) -> Callable[[Manifest], None]:
+    def mutate(m: Manifest) -> None:
+        m["spec"]["operator"]["quantize"].update(fields)
+
+    return mutate
+
+
 def _ensemble(m: Manifest) -> None:
     m["spec"]["operator"] = {
         "kind": "ensemble",
@@ -356,6 +363,13 @@ WRONG_MANIFESTS: list[WrongManifest] = [
         "exactly the member 'keyless'",
     ),
     WrongManifest(
+        "policy-priority-class-not-a-name",
+        "policy",
+        _set("spec.scheduling.allowedPriorityClassNames", ["Batch_Low"]),
+        "spec.scheduling.allowedPriorityClassNames[0]",
+        "should match pattern",
+    ),
+    WrongManifest(
         "run-elites-exceed-population",
         "breeding-run",
         _set("spec.selection.elites", 12),
@@ -420,32 +434,53 @@ WRONG_MANIFESTS: list[WrongManifest] = [
         "operator router is not yet supported",
     ),
     WrongManifest(
-        "quantize-int4",
+        "quantize-int4-per-channel",
         "quantization",
         _set("spec.operator.quantize.scheme", "int4-weight-only"),
-        "spec.operator.quantize.scheme",
-        "Input should be 'int8-weight-only'",
+        "spec.operator.quantize.granularity",
+        "int8-weight-only is quantized per-channel and int4-weight-only per-group",
+    ),
+    WrongManifest(
+        "quantize-int8-per-group",
+        "quantization",
+        _quantize(granularity="per-group", groupSize=128),
+        "spec.operator.quantize.granularity",
+        "int8-weight-only is quantized per-channel and int4-weight-only per-group",
+    ),
+    WrongManifest(
+        "quantize-int4-without-group-size",
+        "quantization",
+        _quantize(scheme="int4-weight-only", granularity="per-group"),
+        "spec.operator.quantize.groupSize",
+        "groupSize is required with granularity per-group, and only then",
+    ),
+    WrongManifest(
+        "quantize-int4-group-size-too-small",
+        "quantization",
+        _quantize(scheme="int4-weight-only", granularity="per-group", groupSize=4),
+        "spec.operator.quantize.groupSize",
+        "Input should be greater than or equal to 8",
     ),
     WrongManifest(
         "quantize-per-tensor",
         "quantization",
         _set("spec.operator.quantize.granularity", "per-tensor"),
         "spec.operator.quantize.granularity",
-        "Input should be 'per-channel'",
+        "Input should be 'per-channel' or 'per-group'",
     ),
     WrongManifest(
-        "quantize-group-size",
+        "quantize-group-size-per-channel",
         "quantization",
         _set("spec.operator.quantize.groupSize", 128),
         "spec.operator.quantize.groupSize",
-        "Extra inputs are not permitted",
+        "groupSize is required with granularity per-group, and only then",
     ),
     WrongManifest(
         "compatibility-nf4",
         "quantization",
         _set("spec.compatibility.quantization", "nf4"),
         "spec.compatibility.quantization",
-        "Input should be 'none' or 'int8'",
+        "Input should be 'none', 'int8' or 'int4'",
     ),
     # Mistakes that used to surface late (or never) are refused with their field.
     WrongManifest(

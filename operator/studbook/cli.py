@@ -263,21 +263,132 @@ def report(
         typer.echo(str(path))
 
 
-@app.command("sign-task")
-def sign_task(
-    task: Annotated[Path, typer.Option(help="The sign task file a sign Job is given.")],
-    signing_dir: Annotated[
-        Path, typer.Option(help="The mounted signing Secret.", envvar="STUDBOOK_SIGNING_DIR")
-    ] = Path("/etc/studbook/signing"),
+@app.command()
+def reproduce(
+    artifact: Annotated[str, typer.Argument(help="Artifact id (sha256:...).")],
+    directory: Annotated[
+        Path | None, typer.Argument(help="The directory of manifests it was bred from.")
+    ] = None,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", "-f", help="Manifest files (repeatable).")
+    ] = None,
+    workspace: Annotated[
+        Path, typer.Option(help="The workspace whose store, registry and key to use.")
+    ] = Path(".studbook"),
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store", "-s", help="Read this store instead (no registry, no workspace key)."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The descendant whose spec is the recipe; default: found.")
+    ] = None,
+    trusted_key: Annotated[
+        list[Path] | None, typer.Option(help="Also trust this public key (PEM).")
+    ] = None,
+    scratch: Annotated[
+        Path | None, typer.Option(help="Re-breed here (a new directory, kept); default: a temp.")
+    ] = None,
 ) -> None:
-    """Sign an artifact and its scorecard (what a sign Job runs)."""
-    from studbook.api.task import SignTask
-    from studbook.local.steps import run_sign, signer_from_dir
+    """Re-breed an artifact from its signed lineage; report a match or the first differing file.
 
-    spec = SignTask.model_validate_json(task.read_bytes())
-    signer, identity = signer_from_dir(signing_dir)
-    result = run_sign(spec, signer, identity)
-    typer.echo(f"signed {spec.artifact_id} as {result.signer}")
+    Exit status: 0 match, 1 differs, 2 not reproduced (refused recipe, signature or step).
+    """
+    import tempfile
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from studbook.artifacts import ArtifactError, Store, TrustedKey, Verifier
+    from studbook.local.manifests import ManifestsError, load, manifest_files
+    from studbook.local.pipeline import Workspace, local_trust
+    from studbook.local.reproduce import ReproduceError, rebreed, recipe, registered_name
+
+    console = Console()
+
+    def say(text: Text) -> None:
+        console.print(text, soft_wrap=True)
+
+    def refuse(error: object) -> typer.Exit:
+        # One line, whatever the error: a field's message or a step's last words.
+        say(_shown("not reproduced: " + " ".join(str(error).split()), "red"))
+        return typer.Exit(2)
+
+    if directory is not None and not directory.is_dir():
+        raise refuse(f"{directory}: not a directory")
+    paths = list(file or []) + (manifest_files(directory) if directory else [])
+    if not paths:
+        raise typer.BadParameter("give the manifests it was bred from: a directory or --file")
+    if scratch is not None and scratch.exists():
+        raise refuse(f"--scratch {scratch} already exists; give a new directory")
+    space = Workspace(workspace)
+    if store is None and not space.store.is_dir():
+        raise refuse(f"workspace {space.root} has no store; give --workspace or --store")
+    if store is not None and "://" not in store and not Path(store).is_dir():
+        raise refuse(f"--store {store} is not a directory")  # opening one would create it
+    try:
+        manifests = load(paths)
+    except ManifestsError as error:
+        say(_shown(str(error), "red"))
+        raise typer.Exit(2) from None
+    try:
+        source = Store.open(store or space.store)
+        source.manifest(artifact)
+        if name is None and store is None:
+            name = registered_name(space.registry(), artifact)
+        # Every check before any work: the recipe against the lineage, then who signed it.
+        descendant = recipe(manifests, source, artifact, name)
+        say(_shown(f"recipe: {descendant.metadata.name} ({manifests.source(descendant)})"))
+        keys = [TrustedKey(path.read_bytes(), path.name) for path in trusted_key or ()]
+        if store is None and (space.key_dir / "key.pem").exists():
+            keys.append(TrustedKey(space.public_key(), "workspace"))
+        policy = manifests.policies[descendant.spec.policy_ref.name]
+        trust = local_trust(policy.spec, *keys)
+        if trust.signers:
+            signer = Verifier(source, trust).verify(artifact).signer
+            say(_shown(f"signature: verified, with its ancestors; signed by {signer}"))
+        else:
+            say(
+                _shown(
+                    "signature: not checked, no signer is trusted (no workspace key, no "
+                    f"--trusted-key, no key or CA in policy {policy.metadata.name})",
+                    "yellow",
+                )
+            )
+        with (
+            (
+                nullcontext(str(scratch))
+                if scratch
+                else tempfile.TemporaryDirectory(prefix="studbook-reproduce-")
+            ) as where,
+            Progress(
+                SpinnerColumn(),
+                TextColumn("re-breeding"),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}", style="dim", markup=False),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,  # a log gets the outcome, not a blank line
+            ) as bar,
+        ):
+            line = bar.add_task("")
+            outcome = rebreed(
+                source,
+                manifests,
+                descendant,
+                artifact,
+                Path(where),
+                lambda text: bar.update(line, description=_clean(text)[-70:]),
+            )
+    except (ReproduceError, ArtifactError, OSError, ValueError) as error:
+        raise refuse(error) from None
+    except KeyboardInterrupt:
+        raise refuse("interrupted") from None
+    say(_shown(str(outcome), "" if outcome.matches else "red"))
+    if not outcome.matches:
+        raise typer.Exit(1)
 
 
 # -- artifacts: seal, sign, verify, lineage, inspect --------------------------------------------

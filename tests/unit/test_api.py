@@ -122,6 +122,19 @@ def test_wrong_manifest_is_refused_naming_the_field(wrong: Any) -> None:
     assert f"{wrong.id}.yaml" in str(caught.value)
 
 
+def test_int4_per_group_quantization_is_accepted_by_model_and_schema() -> None:
+    manifest = example("quantization")
+    manifest["spec"]["operator"]["quantize"].update(
+        scheme="int4-weight-only", granularity="per-group", groupSize=128
+    )
+    manifest["spec"]["compatibility"]["quantization"] = "int4"
+    resource = parse_manifest(manifest)
+    validator = jsonschema.Draft4Validator(_schema("Descendant"))
+    validator.validate(manifest)
+    validator.validate(resource.to_wire())
+    assert resource.to_wire()["spec"]["operator"]["quantize"]["groupSize"] == 128
+
+
 def test_unknown_kind_and_api_version_are_refused() -> None:
     manifest = example("policy")
     with pytest.raises(ManifestError, match="kind: unknown kind 'Policy'"):

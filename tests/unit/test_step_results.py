@@ -48,6 +48,9 @@ def test_a_scorecard_at_the_jobs_own_location_is_gated(tmp_path: Path) -> None:
     _, evaluation, _ = step_results(store, "ns", "d", JOBS, gates)
     assert evaluation is not None
     assert any("sentiment-gate/accuracy" in r for r in evaluation.gate_reasons)
+    # The headline is the stored card's, whatever the pod's result claimed of it.
+    assert evaluation.scorecard.metrics == {"sentiment-gate/accuracy": 0.5}
+    assert evaluation.scorecard.uri == own
 
 
 def test_a_scorecard_the_pod_points_elsewhere_is_not_opened(tmp_path: Path) -> None:

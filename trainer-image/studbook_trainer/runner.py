@@ -93,10 +93,10 @@ def run_task(task: Task) -> dict[str, Any]:
         make_deterministic(getattr(task.plan, "seed", 0))
         report = operator.run(task.plan, ctx)
         # Only inputs and what they produced: where the inputs were and how long it took differ
-        # from run to run and would make the same inputs give another artifact id.
+        # from run to run and would make the same inputs give another artifact id. The config is
+        # in the lineage, by its hash, and a founder's carries where it was fetched from.
         summary = {
             "operator": task.operator,
-            "config": task.content_config,
             "parents": [{"name": p.name, "digest": p.digest} for p in task.parents],
             "data": [{"name": d.name, "digest": d.digest} for d in task.data],
             "report": report,

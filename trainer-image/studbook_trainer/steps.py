@@ -62,7 +62,7 @@ def breed(task: BreedTask) -> BreedResultFile:
         lineage = Lineage(
             parents=tuple(p.artifact_id for p in task.parents),
             operator=task.operator.kind,
-            config_hash=digest_of(trainer_task.content_config),
+            config_hash=digest_of(task.operator.content_config()),
             dataset_digests={d.name: d.digest for d in task.data},
             code_version=__version__,
         )
@@ -128,17 +128,7 @@ def evaluate_step(task: EvaluateTask, options: Options | None = None) -> Evaluat
     uri = scorecard_uri(task.result)
     with fsspec.open(uri, "wb") as handle:
         handle.write(canonical_json(card))
-    summary = ScorecardSummary(
-        suite=card.suite.name,
-        suite_version=card.suite.version,
-        suite_digest=card.suite.digest,
-        verdict=card.verdict,
-        net_gain=card.objective.net_gain if card.objective else None,
-        fitness=card.objective.value if card.objective else None,
-        metrics={m.key: m.value for m in card.metrics[:64]},
-        reasons=card.reasons[:32],
-        uri=uri,
-    )
+    summary = ScorecardSummary.of(card, uri)
     profile = None
     if card.profile is not None:
         profile = ResourceProfile(

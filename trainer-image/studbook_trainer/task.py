@@ -31,9 +31,6 @@ from studbook_trainer.operators.distill import AgreementPlan, DistillPlan
 from studbook_trainer.operators.lora import CompositionPlan, LoraPlan
 from studbook_trainer.operators.simple import FinetunePlan, ImportPlan, MergeOperatorPlan
 
-_LOCATIONS = {("import", "uri")}
-"""Configuration keys that locate an input rather than shape the output."""
-
 
 class TaskError(StepRefused, ValueError):
     """A task file that cannot be run as written."""
@@ -59,15 +56,6 @@ class Task:
     output: str
     device: str = "auto"
     raw_config: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def content_config(self) -> dict[str, Any]:
-        """The configuration that decides the output's bytes, as the lineage hashes it.
-
-        A founder's ``uri`` says only where its files are fetched from (its digest pins what
-        they are), so the same founder imported from two places is one artifact.
-        """
-        return {k: v for k, v in self.raw_config.items() if (self.operator, k) not in _LOCATIONS}
 
 
 def _snake(key: str) -> str:
@@ -175,6 +163,7 @@ def _quantize(c: dict[str, Any]) -> QuantizePlan:
     return QuantizePlan(
         scheme=c.get("scheme", "int8-weight-only"),
         granularity=c.get("granularity", "per-channel"),
+        group_size=c.get("group_size"),
         skip_modules=tuple(c.get("skip_modules", ())),
         calibration_dataset=c.get("calibration_dataset"),
     )

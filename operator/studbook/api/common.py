@@ -79,7 +79,8 @@ class Resources(ApiModel):
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
     """GPUs per pod (``nvidia.com/gpu``)."""
     gpu_type: Annotated[str, Field(max_length=63)] | None = None
-    """A GPU product (node label ``nvidia.com/gpu.product``), for example ``NVIDIA-L4``."""
+    """A GPU product (node label ``nvidia.com/gpu.product``), for example ``NVIDIA-L4``; the
+    policy's ``scheduling.allowedNodeSelector`` must list it under that label."""
     cpu: Quantity = "2"
     """CPU request and limit of the pod."""
     memory: Quantity = "8Gi"
@@ -87,11 +88,13 @@ class Resources(ApiModel):
     ephemeral_storage: Quantity | None = None
     """Scratch space the pod needs for its output before it is sealed."""
     node_selector: Annotated[dict[str, str], Field(max_length=32)] | None = None
-    """Node labels the pod must match."""
+    """Node labels the pod must match; the policy's ``scheduling.allowedNodeSelector`` must list
+    each."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
-    """Taints the pod tolerates."""
+    """Taints the pod tolerates; each must be covered by one of the policy's
+    ``scheduling.allowedTolerations``."""
     priority_class_name: Name | None = None
-    """The pod's PriorityClass."""
+    """The pod's PriorityClass: one of the policy's ``scheduling.allowedPriorityClassNames``."""
     queue_name: Name | None = None
     """The Kueue LocalQueue the Job is submitted to (label ``kueue.x-k8s.io/queue-name``)."""
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 2
@@ -113,10 +116,11 @@ class Compatibility(ApiModel):
     """The tokenizer identity (name plus digest); weight-space methods need it equal."""
     runtime: Literal["transformers", "vllm", "onnx", "llamacpp", "triton"] = "transformers"
     """The serving runtime the artifact is built for."""
-    quantization: Literal["none", "int8"] = "none"
-    """The weight quantization of the artifact: ``none`` (floating point) or ``int8`` (what the
-    ``quantize`` operator makes: int8 weight-only, one scale per output channel). No operator or
-    runtime handles int4, fp8 or nf4 weights, so they are not offered."""
+    quantization: Literal["none", "int8", "int4"] = "none"
+    """The weight quantization of the artifact: ``none`` (floating point), ``int8`` or ``int4``
+    (what the ``quantize`` operator makes with scheme ``int8-weight-only``, one scale per output
+    channel, or ``int4-weight-only``, one scale and zero point per group of input columns). No
+    operator or runtime handles fp8 or nf4 weights, so they are not offered."""
     adapter_format: Literal["none", "peft-lora"] = "none"
     """Whether the artifact is an adapter over its base, and in which format."""
 

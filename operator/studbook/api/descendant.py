@@ -25,6 +25,7 @@ from studbook.api.common import (
 )
 from studbook.api.operators import OperatorSpec
 from studbook.api.resource import CrdInfo, PrinterColumn, Resource
+from studbook.api.scorecard import Scorecard
 
 Phase = Literal[
     "Pending", "Admitted", "Breeding", "Evaluating", "Signing", "Ready", "Failed", "Rejected"
@@ -277,6 +278,21 @@ class ScorecardSummary(ApiModel):
     """Why the verdict is what it is."""
     uri: ShortText | None = None
     """Where the signed scorecard is stored."""
+
+    @classmethod
+    def of(cls, card: Scorecard, uri: str) -> ScorecardSummary:
+        """The headline of a scorecard stored at ``uri``."""
+        return cls(
+            suite=card.suite.name,
+            suite_version=card.suite.version,
+            suite_digest=card.suite.digest,
+            verdict=card.verdict,
+            net_gain=card.objective.net_gain if card.objective else None,
+            fitness=card.objective.value if card.objective else None,
+            metrics={m.key: m.value for m in card.metrics[:64]},
+            reasons=card.reasons[:32],
+            uri=uri,
+        )
 
 
 class ResourceProfile(ApiModel):

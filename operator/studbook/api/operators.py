@@ -6,7 +6,7 @@ member of the same name holds its configuration.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -169,17 +169,40 @@ class DistillConfig(TrainingConfig):
 class QuantizeConfig(ApiModel):
     """Lower-precision weights for cheaper serving."""
 
-    scheme: Literal["int8-weight-only"]
-    """Weight-only integer quantization: int8 weights (symmetric, scale ``max|w| / 127``) in
-    every linear and embedding layer not skipped; activations stay in floating point. The
-    artifact's ``compatibility.quantization`` is ``int8``."""
-    granularity: Literal["per-channel"] = "per-channel"
-    """What one scale covers: one per output channel of a linear layer (one per row of an
-    embedding table)."""
+    scheme: Literal["int8-weight-only", "int4-weight-only"]
+    """Weight-only integer quantization of every linear and embedding layer not skipped;
+    activations stay in floating point. ``int8-weight-only``: symmetric int8 (scale
+    ``max|w| / 127``), granularity ``per-channel``; the artifact's
+    ``compatibility.quantization`` is ``int8``. ``int4-weight-only``: asymmetric 4-bit (scale
+    ``(max - min) / 15`` and an integer zero point, the range always holding 0), two values per
+    byte, granularity ``per-group``; the artifact's ``compatibility.quantization`` is
+    ``int4``."""
+    granularity: Literal["per-channel", "per-group"] = "per-channel"
+    """What one scale covers: ``per-channel``, one output channel of a linear layer (one row of
+    an embedding table), with ``int8-weight-only`` only; ``per-group``, ``groupSize``
+    consecutive input columns of one output channel, with ``int4-weight-only`` only."""
+    group_size: Annotated[int, Field(ge=8, le=4096)] | None = None
+    """Input columns per scale with granularity ``per-group`` (128 is the usual choice). A
+    width it does not divide ends each row with one shorter group."""
     skip_modules: ModuleNames = []
     """Glob patterns of modules kept in full precision, for example a classifier head."""
     calibration_dataset: Name | None = None
     """An entry in ``spec.data`` used to measure the quantization error."""
+
+    rules = (
+        Rule(
+            cel="(self.scheme == 'int4-weight-only') == (self.granularity == 'per-group')",
+            message="int8-weight-only is quantized per-channel and int4-weight-only per-group",
+            check=lambda c: (c.scheme == "int4-weight-only") == (c.granularity == "per-group"),
+            field_path=".granularity",
+        ),
+        Rule(
+            cel="(self.granularity == 'per-group') == has(self.groupSize)",
+            message="groupSize is required with granularity per-group, and only then",
+            check=lambda c: (c.granularity == "per-group") == (c.group_size is not None),
+            field_path=".groupSize",
+        ),
+    )
 
 
 class PruneConfig(ApiModel):
@@ -419,3 +442,14 @@ class OperatorSpec(OneOf):
         """The member ``kind`` names."""
         member: ApiModel = getattr(self, self._members()[self.kind])
         return member
+
+    def content_config(self) -> dict[str, Any]:
+        """The configuration that decides the artifact's bytes, as its lineage hashes it.
+
+        The member's wire form, less where a founder is fetched from: its digest pins what its
+        files are, so the same founder imported from two places is one artifact.
+        """
+        wire = self.config.to_wire()
+        if self.kind == "import":
+            wire.pop("uri", None)
+        return wire

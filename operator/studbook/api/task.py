@@ -139,7 +139,7 @@ class EvaluateResultFile(ApiModel):
 
 
 class SignResultFile(ApiModel):
-    """What a sign Job leaves."""
+    """What the sign step leaves (the operator, or `studbook breed`, runs it)."""
 
     signature_uri: ShortText
     """Where the artifact's signature bundle is stored."""

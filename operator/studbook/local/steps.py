@@ -17,7 +17,7 @@ import fsspec
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ValidationError
 
-from studbook.api.descendant import Descendant, DescendantStatus, Step
+from studbook.api.descendant import Descendant, DescendantStatus, ScorecardSummary, Step
 from studbook.api.policy import EvaluationGates
 from studbook.api.scorecard import Scorecard
 from studbook.api.task import (
@@ -127,7 +127,9 @@ def step_results(
         else:
             with fsspec.open(reachable(expected), "rb") as handle:
                 card = Scorecard.model_validate_json(handle.read())
-            evaluation = EvaluateResult(summary, tuple(evaluation_gate(card, gates).reasons))
+            # Status shows the stored scorecard, the one signed next, not what the pod says of it.
+            headline = ScorecardSummary.of(card, expected)
+            evaluation = EvaluateResult(headline, tuple(evaluation_gate(card, gates).reasons))
     return (
         BreedResult(bred.artifact, bred.lineage, bred.profile) if bred else None,
         evaluation,

@@ -83,6 +83,9 @@ def test_breed_a_directory_then_reuse_it(tmp_path: Path, models: Models, data: D
     child = registry["minilm-pruned"]["status"]
     assert child["stage"] == "candidate" and child["artifact"]["signer"].startswith("key:")
     assert child["lineage"]["parentIds"] == [registry["minilm-base"]["status"]["artifact"]["id"]]
+    # The status carries the fitness (the Fitness column): the stored scorecard's objective.
+    card = json.loads(Path(child["scorecard"]["uri"]).read_text())
+    assert child["scorecard"]["fitness"] == card["objective"]["value"]
     second = subprocess.run(command, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.count("reused") == 2, second.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tests.keys import ec_key
 
 from studbook.api.common import Compatibility, Niche
@@ -79,6 +80,15 @@ def test_breed_evaluate_sign_a_specialist_against_its_parent(
     assert evaluated.scorecard.metrics["sentiment-gate/accuracy"] > 0.8
     assert {c.name for c in card.comparisons} >= {"base", "majority-class"}
     assert evaluated.scorecard.net_gain is not None and evaluated.scorecard.net_gain > 0
+    # The fitness a search ranks by is the suite's objective: the mean of its objective metrics.
+    assert card.objective is not None and card.objective.metrics == [
+        "sentiment-gate/accuracy",
+        "topic-gate/accuracy",
+    ]
+    assert evaluated.scorecard.fitness == card.objective.value
+    values = {m.key: m.value for m in card.metrics}
+    mean = (values["sentiment-gate/accuracy"] + values["topic-gate/accuracy"]) / 2
+    assert card.objective.value == pytest.approx(mean)
 
     public = ec_key(tmp_path / "signing" / "key.pem").encode()
     signer, identity = signer_from_dir(tmp_path / "signing")

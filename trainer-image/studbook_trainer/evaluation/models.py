@@ -97,17 +97,30 @@ def _quiet_transformers() -> None:
 
 
 def _size(model: torch.nn.Module) -> tuple[int, int]:
-    """Parameter count and weight bytes; int8 weights (``quantize``) are buffers and count too."""
-    stored = [p for p in model.parameters()] + [
-        b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in ("weight", "weight_scale")
-    ]
+    """Parameter count and weight bytes, quantized weights (buffers) included.
+
+    A packed int4 weight counts the values it holds, two a byte.
+    """
+    from studbook_trainer.operators.compress import Int4Embedding, Int4Linear
+
+    stored: list[tuple[torch.Tensor, int]] = [(p, p.numel()) for p in model.parameters()]
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if name not in ("weight", "weight_scale", "weight_zero"):
+                continue
+            values = buffer.numel()
+            if name == "weight" and isinstance(module, Int4Linear):
+                values = module.in_features * module.out_features
+            elif name == "weight" and isinstance(module, Int4Embedding):
+                values = module.num_embeddings * module.embedding_dim
+            stored.append((buffer, values))
     seen: set[int] = set()
     count = size = 0
-    for p in stored:
+    for p, values in stored:
         if p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
-        count += p.numel()
+        count += values
         size += p.numel() * p.element_size()
     return count, size
 
@@ -431,12 +444,30 @@ def _fit_probe(model: Any, tokenizer: Any, probe: Probe, device: str) -> None:
         head.bias.copy_(bias.to(head.bias.dtype))
 
 
+def _load_quantized(path: Path, device: str) -> tuple[Any, Any] | None:
+    """Model and tokenizer of a ``quantize`` output; ``None`` for any other directory.
+
+    Its int8 or int4 layers are kept and dequantized on the fly; a package whose layout does not
+    load is a :class:`ModelLoadError`.
+    """
+    from studbook_trainer.operators.base import OperatorError
+    from studbook_trainer.operators.compress import QUANT_CONFIG, load_quantized
+
+    if not (path / QUANT_CONFIG).is_file():
+        return None
+    _quiet_transformers()
+    try:
+        return load_quantized(path, device)
+    except OperatorError as error:
+        raise ModelLoadError(f"{path}: {error}") from None
+
+
 def load_classifier(
     path: Path, *, device: str = "cpu", batch_size: int = 64, probe: Probe | None = None
 ) -> HFClassifier:
     """Load a sequence classifier (model with its head, and tokenizer) from a directory.
 
-    A ``quantize`` output keeps its int8 layers.
+    A ``quantize`` output keeps its int8 or int4 layers (``load_quantized``).
 
     A checkpoint without a classification head (an encoder such as a sentence-transformers
     model) is refused, unless ``probe`` is given: then a linear head is fitted on the frozen
@@ -444,11 +475,8 @@ def load_classifier(
     """
     from transformers import AutoModelForSequenceClassification
 
-    from studbook_trainer.operators.compress import QUANT_CONFIG, load_quantized
-
-    if (path / QUANT_CONFIG).is_file():
-        model, tokenizer = load_quantized(path, device)
-        return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
+    if (quantized := _load_quantized(path, device)) is not None:
+        return HFClassifier(*quantized, device=device, batch_size=batch_size)
     try:
         model, tokenizer = _load(path, AutoModelForSequenceClassification, device, "classifier")
         return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
@@ -473,10 +501,8 @@ def load_language_model(path: Path, *, device: str = "cpu") -> HFLanguageModel:
     """Load a causal language model (or a ``quantize`` output) and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from studbook_trainer.operators.compress import QUANT_CONFIG, load_quantized
-
-    if (path / QUANT_CONFIG).is_file():
-        model, tokenizer = load_quantized(path, device)
+    if (quantized := _load_quantized(path, device)) is not None:
+        model, tokenizer = quantized
     else:
         model, tokenizer = _load(path, AutoModelForCausalLM, device, "causal language model")
     return HFLanguageModel(model, tokenizer, device=device)

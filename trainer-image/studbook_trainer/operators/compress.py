@@ -1,4 +1,26 @@
-"""``quantize`` (int8 weight-only, per channel) and ``prune`` (magnitude, heads, FFN rows)."""
+"""``quantize`` (weight-only int8 or int4) and ``prune`` (magnitude, heads, FFN rows).
+
+A ``quantize`` output is a transformers model directory whose ``model.safetensors`` holds, for
+every quantized module ``<m>`` (listed in ``studbook_quantization.json`` with the scheme), in
+place of ``<m>.weight``:
+
+``int8-weight-only`` / ``per-channel`` (symmetric, ``w ≈ q * scale``):
+    ``<m>.weight``        int8 ``[rows, cols]``, ``q`` in [-127, 127]
+    ``<m>.weight_scale``  float32 ``[rows]``, ``max|w_row| / 127``
+
+``int4-weight-only`` / ``per-group`` (asymmetric, ``w ≈ (q - zero) * scale``; the json adds
+``group_size``, ``G``):
+    ``<m>.weight``        uint8 ``[rows, ceil(cols / 2)]``: column ``2j`` in the low nibble of
+                          byte ``j``, column ``2j + 1`` in the high one (an odd width leaves the
+                          last high nibble 0)
+    ``<m>.weight_scale``  float32 ``[rows, ceil(cols / G)]``, ``(max - min) / 15`` of the group
+    ``<m>.weight_zero``   uint8 ``[rows, ceil(cols / G)]``, the zero point in [0, 15]
+
+Rows are a linear layer's output channels (an embedding table's rows) and columns its input
+features (the embedding dimension); group ``g`` of a row covers columns ``[g*G, (g+1)*G)``, so a
+width ``G`` does not divide ends each row with one shorter group. Biases and skipped modules stay
+in floating point.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +36,10 @@ from studbook_trainer.operators.base import Operator, OperatorError, RunContext,
 from studbook_trainer.operators.training import evaluate, load_rows, save_model
 
 QUANT_CONFIG = "studbook_quantization.json"
-"""Written beside int8 weights; :func:`load_quantized` reads it."""
+"""Written beside quantized weights; :func:`load_quantized` reads it."""
+
+SCHEMES = {"int8-weight-only": "per-channel", "int4-weight-only": "per-group"}
+"""Each implemented scheme and the one granularity it is implemented with."""
 
 
 def dir_size(path: Path) -> int:
@@ -59,8 +84,21 @@ class QuantizePlan:
 
     scheme: str = "int8-weight-only"
     granularity: str = "per-channel"
+    group_size: int | None = None
     skip_modules: tuple[str, ...] = field(default=())
     calibration_dataset: str | None = None
+
+    def check(self) -> None:
+        """Refuse a combination no module below implements."""
+        supported = ", ".join(f"{s}/{g}" for s, g in SCHEMES.items())
+        if SCHEMES.get(self.scheme) != self.granularity:
+            raise OperatorError(
+                f"unsupported quantization {self.scheme}/{self.granularity}; supported: {supported}"
+            )
+        if (self.granularity == "per-group") != (self.group_size is not None):
+            raise OperatorError("group_size is required with granularity per-group, and only then")
+        if self.group_size is not None and self.group_size < 1:
+            raise OperatorError(f"group_size {self.group_size} is not a positive integer")
 
 
 class Int8Linear(torch.nn.Module):
@@ -128,6 +166,167 @@ class Int8Embedding(torch.nn.Module):
         return rows * self.weight_scale[ids].unsqueeze(-1)
 
 
+def quantize_int4(
+    w: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed 4-bit values, scales and zero points of ``w`` (``[rows, cols]``), group by group.
+
+    Each group's range is widened to hold 0, so 0 (padding rows, pruned weights) stays exact and
+    the zero-padding of a short last group cannot change its range; every weight is then within
+    ``scale / 2`` of its dequantized value.
+    """
+    rows, cols = w.shape
+    groups = -(-cols // group_size)
+    padded = torch.nn.functional.pad(w.detach().float(), (0, groups * group_size - cols))
+    grouped = padded.reshape(rows, groups, group_size)
+    low = grouped.amin(dim=-1).clamp(max=0.0)
+    high = grouped.amax(dim=-1).clamp(min=0.0)
+    scale = ((high - low) / 15.0).clamp_min(1e-12)
+    zero = torch.round(-low / scale).clamp_(0, 15)
+    q = torch.round(grouped / scale[..., None]) + zero[..., None]
+    q = q.clamp_(0, 15).to(torch.uint8).reshape(rows, -1)[:, :cols]
+    if cols % 2:
+        q = torch.nn.functional.pad(q, (0, 1))
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    return packed.contiguous(), scale, zero.to(torch.uint8)
+
+
+def dequantize_int4(
+    packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, cols: int, group_size: int
+) -> torch.Tensor:
+    """Float32 weights from :func:`quantize_int4`'s output; leading dimensions pass through."""
+    q = torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2)[..., :cols]
+    group = torch.arange(cols, device=packed.device) // group_size
+    return (q.float() - zero[..., group].float()) * scale[..., group]
+
+
+class Int4Linear(torch.nn.Module):
+    """A linear layer holding packed 4-bit weights and a scale and zero point per group."""
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        groups = -(-in_features // group_size)
+        packed = (out_features, -(-in_features // 2))
+        self.register_buffer("weight", torch.zeros(packed, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(out_features, groups))
+        self.register_buffer("weight_zero", torch.zeros(out_features, groups, dtype=torch.uint8))
+        self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, group_size: int) -> Int4Linear:
+        """Quantize each group of ``group_size`` input columns with :func:`quantize_int4`."""
+        out = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        for buffer, value in zip(
+            (out.weight, out.weight_scale, out.weight_zero),
+            quantize_int4(linear.weight, group_size),
+            strict=True,
+        ):
+            buffer.copy_(value)
+        if linear.bias is not None and out.bias is not None:
+            out.bias.data.copy_(linear.bias.detach().float())
+        return out.to(linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Dequantize on the fly."""
+        w = dequantize_int4(
+            self.weight, self.weight_scale, self.weight_zero, self.in_features, self.group_size
+        )
+        return torch.nn.functional.linear(
+            x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
+
+
+class Int4Embedding(torch.nn.Module):
+    """An embedding table holding packed 4-bit rows and a scale and zero point per group."""
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero: torch.Tensor
+
+    def __init__(self, num: int, dim: int, padding_idx: int | None, group_size: int) -> None:
+        super().__init__()
+        self.num_embeddings = num
+        self.embedding_dim = dim
+        self.padding_idx = padding_idx
+        self.group_size = group_size
+        groups = -(-dim // group_size)
+        self.register_buffer("weight", torch.zeros(num, -(-dim // 2), dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(num, groups))
+        self.register_buffer("weight_zero", torch.zeros(num, groups, dtype=torch.uint8))
+
+    @classmethod
+    def from_embedding(cls, emb: torch.nn.Embedding, group_size: int) -> Int4Embedding:
+        """Quantize each row in groups of ``group_size`` with :func:`quantize_int4`."""
+        out = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, group_size)
+        for buffer, value in zip(
+            (out.weight, out.weight_scale, out.weight_zero),
+            quantize_int4(emb.weight, group_size),
+            strict=True,
+        ):
+            buffer.copy_(value)
+        return out.to(emb.weight.device)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Look up and dequantize the rows asked for."""
+        return dequantize_int4(
+            self.weight[ids],
+            self.weight_scale[ids],
+            self.weight_zero[ids],
+            self.embedding_dim,
+            self.group_size,
+        )
+
+
+def _quantized(module: torch.nn.Module, plan: QuantizePlan) -> torch.nn.Module:
+    """The quantized form of a linear or embedding module, per ``plan``."""
+    if plan.scheme == "int4-weight-only":
+        assert plan.group_size is not None
+        if isinstance(module, torch.nn.Embedding):
+            return Int4Embedding.from_embedding(module, plan.group_size)
+        assert isinstance(module, torch.nn.Linear)
+        return Int4Linear.from_linear(module, plan.group_size)
+    if isinstance(module, torch.nn.Embedding):
+        return Int8Embedding.from_embedding(module)
+    assert isinstance(module, torch.nn.Linear)
+    return Int8Linear.from_linear(module)
+
+
+def _empty_quantized(module: torch.nn.Module, plan: QuantizePlan) -> torch.nn.Module:
+    """A quantized module of ``module``'s shape, to load a checkpoint into."""
+    int4 = plan.group_size if plan.scheme == "int4-weight-only" else None
+    if isinstance(module, torch.nn.Embedding):
+        num, dim, pad = module.num_embeddings, module.embedding_dim, module.padding_idx
+        return Int8Embedding(num, dim, pad) if int4 is None else Int4Embedding(num, dim, pad, int4)
+    if isinstance(module, torch.nn.Linear):
+        sizes = (module.in_features, module.out_features, module.bias is not None)
+        return Int8Linear(*sizes) if int4 is None else Int4Linear(*sizes, int4)
+    raise OperatorError(f"{QUANT_CONFIG} lists a {type(module).__name__}: not linear or embedding")
+
+
+def _recorded_plan(meta: Any) -> tuple[QuantizePlan, list[str]]:
+    """The plan and module names a package's :data:`QUANT_CONFIG` records, checked."""
+    fields = meta if isinstance(meta, dict) else {}
+    names, group_size = fields.get("modules"), fields.get("group_size")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise OperatorError(f"{QUANT_CONFIG} has no list of module names")
+    if group_size is not None and type(group_size) is not int:
+        raise OperatorError(f"{QUANT_CONFIG}: group_size {group_size!r} is not an integer")
+    plan = QuantizePlan(
+        scheme=str(fields.get("scheme")),
+        granularity=str(fields.get("granularity")),
+        group_size=group_size,
+    )
+    plan.check()
+    return plan, names
+
+
 def _quantizable(
     model: torch.nn.Module, skip: tuple[str, ...], embeddings: bool = False
 ) -> list[str]:
@@ -155,7 +354,10 @@ def _replace(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
 
 
 def load_quantized(path: Path, device: Any = "cpu") -> tuple[Any, Any]:
-    """Load a ``quantize`` output: the architecture from its config, int8 linears restored."""
+    """Load a ``quantize`` output: the architecture from its config, quantized modules restored.
+
+    Its :data:`QUANT_CONFIG` says which modules are int8 or int4; they dequantize on the fly.
+    """
     from safetensors.torch import load_file
     from transformers import (
         AutoConfig,
@@ -165,7 +367,11 @@ def load_quantized(path: Path, device: Any = "cpu") -> tuple[Any, Any]:
         AutoTokenizer,
     )
 
-    meta = json.loads((path / QUANT_CONFIG).read_text())
+    try:
+        meta = json.loads((path / QUANT_CONFIG).read_text())
+    except ValueError:
+        raise OperatorError(f"{QUANT_CONFIG} is not JSON") from None
+    plan, names = _recorded_plan(meta)
     config = AutoConfig.from_pretrained(path)
     archs = config.architectures or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
@@ -174,19 +380,17 @@ def load_quantized(path: Path, device: Any = "cpu") -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     else:
         model = AutoModel.from_config(config)  # type: ignore[no-untyped-call]
-    for name in meta["modules"]:
-        mod = model.get_submodule(name)
-        if isinstance(mod, torch.nn.Embedding):
-            _replace(
-                model, name, Int8Embedding(mod.num_embeddings, mod.embedding_dim, mod.padding_idx)
-            )
-        else:
-            assert isinstance(mod, torch.nn.Linear)
-            _replace(
-                model, name, Int8Linear(mod.in_features, mod.out_features, mod.bias is not None)
-            )
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise OperatorError(f"{QUANT_CONFIG} names {name!r}, which the model lacks") from None
+        _replace(model, name, _empty_quantized(module, plan))
     state = load_file(path / "model.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor whose shape the recorded layout does not give
+        raise OperatorError(f"quantized checkpoint mismatch: {error}") from None
     tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {
         n for n, _ in model.named_parameters()
     }
@@ -202,7 +406,7 @@ def load_quantized(path: Path, device: Any = "cpu") -> tuple[Any, Any]:
 
 
 class QuantizeOperator(Operator):
-    """int8 weight-only quantization with one scale per output channel."""
+    """Weight-only quantization: int8 per output channel, or int4 per group of input columns."""
 
     name = "quantize"
     reference = "https://arxiv.org/abs/2208.07339"
@@ -212,11 +416,7 @@ class QuantizeOperator(Operator):
         """Quantize every linear layer not skipped; report size and accuracy before/after."""
         from safetensors.torch import save_file
 
-        if plan.scheme != "int8-weight-only" or plan.granularity != "per-channel":
-            raise OperatorError(
-                f"unsupported quantization {plan.scheme}/{plan.granularity}; "
-                "supported: int8-weight-only/per-channel"
-            )
+        plan.check()
         if len(ctx.parents) != 1:
             raise OperatorError("quantize takes exactly one parent")
         src = ctx.parents[0].path
@@ -230,17 +430,16 @@ class QuantizeOperator(Operator):
         before = evaluate(model, tokenizer, rows, task, device) if rows else None  # type: ignore[arg-type]
         names = _quantizable(model, plan.skip_modules, embeddings=True)
         for name in names:
-            mod = model.get_submodule(name)
-            if isinstance(mod, torch.nn.Embedding):
-                _replace(model, name, Int8Embedding.from_embedding(mod))
-            else:
-                _replace(model, name, Int8Linear.from_linear(mod))
+            _replace(model, name, _quantized(model.get_submodule(name), plan))
         after = evaluate(model, tokenizer, rows, task, device) if rows else None  # type: ignore[arg-type]
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, ctx.out_dir / "model.safetensors", metadata={"format": "pt"})
         model.config.save_pretrained(ctx.out_dir)
         tokenizer.save_pretrained(ctx.out_dir)
-        meta = {"scheme": plan.scheme, "granularity": plan.granularity, "modules": names}
+        meta: dict[str, Any] = {"scheme": plan.scheme, "granularity": plan.granularity}
+        if plan.group_size is not None:
+            meta["group_size"] = plan.group_size
+        meta["modules"] = names
         (ctx.out_dir / QUANT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         report = {
             "modules": len(names),
@@ -250,8 +449,9 @@ class QuantizeOperator(Operator):
             "after": after,
         }
         log.info(
-            "quantized %d linear layers: %d -> %d bytes",
+            "quantized %d layers (%s): %d -> %d bytes",
             len(names),
+            plan.scheme,
             report["bytes_before"],
             report["bytes_after"],
         )
