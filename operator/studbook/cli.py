@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -84,6 +85,9 @@ def operator(
     from studbook import metrics
     from studbook.controllers import peering as peers
 
+    # Warnings and errors of every logger, kopf's handler failures included: kopf hands those to
+    # a handler of its own that only posts Kubernetes events, and drops what it may not post.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = kopf.OperatorSettings()
     if webhook_port:
         from studbook.controllers import webhook

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,14 @@ from tests.operator_fixtures import (
 pytestmark = pytest.mark.cluster
 
 CHART = REPO / "charts" / "studbook"
+LOCAL_SELECTOR = {"studbook.dev/local-runner": "true"}
+"""The local pod runner's node, where pods run as processes (kwok's nodes only play them)."""
+LOCAL_TOLERATION = {
+    "key": "studbook.dev/local-runner",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
 
 
 def _render(release: str, namespace: str, watched: str | None) -> list[dict[str, Any]]:
@@ -113,15 +122,19 @@ def _installed(
     tmp_path: Path,
     watched: str | None,
     through_service: bool = False,
+    without: RuleId | None = None,
 ) -> Iterator[tuple[OperatorProcess, list[dict[str, Any]]]]:
     """The chart installed into a namespace of its own, watching ``watched`` or, as by default,
     all namespaces; the operator run as the chart's ServiceAccount with the Deployment's
-    arguments and settings."""
+    arguments and settings. ``without`` names a rule of its RBAC left out."""
     home = f"{namespace[:50]}-sys"
     release = f"sb-{namespace[-6:]}"
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": home}})
     apply_peering_crds(kube)
     objects = _render(release, home, watched)
+    if without is not None:
+        role = next(o for o in objects if o["kind"] == without[0])
+        role["rules"].remove(_rule(objects, without))
     process: OperatorProcess | None = None
     try:
         for obj in objects:
@@ -174,6 +187,49 @@ def charted_operator(
         yield installed
 
 
+RuleId = tuple[str, str, str]
+"""A rule of the chart's RBAC: the kind of role it is in, its first resource and first verb."""
+
+NAMESPACED_RULES: tuple[RuleId, ...] = (
+    ("Role", "kopfpeerings", "get"),
+    ("Role", "descendants", "get"),
+    ("Role", "descendants/status", "patch"),
+    ("Role", "jobs", "list"),
+    ("Role", "pods", "list"),
+    ("Role", "configmaps", "get"),
+    ("Role", "networkpolicies", "list"),
+    ("Role", "events", "create"),
+)
+CLUSTER_RULES: tuple[RuleId, ...] = (
+    ("ClusterRole", "customresourcedefinitions", "list"),
+    ("ClusterRole", "validatingwebhookconfigurations", "create"),
+    ("ClusterRole", "validatingwebhookconfigurations", "patch"),
+    ("ClusterRole", "namespaces", "list"),
+)
+CLUSTER_PEERING: RuleId = ("ClusterRole", "clusterkopfpeerings", "get")
+"""The one rule only an operator that watches all namespaces has of its own."""
+
+
+def _rule_ids(objects: list[dict[str, Any]]) -> list[RuleId]:
+    return [
+        (o["kind"], rule["resources"][0], rule["verbs"][0])
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole")
+        for rule in o["rules"]
+    ]
+
+
+def _rule(objects: list[dict[str, Any]], wanted: RuleId) -> dict[str, Any]:
+    (found,) = [
+        rule
+        for o in objects
+        if o["kind"] == wanted[0]
+        for rule in o["rules"]
+        if (o["kind"], rule["resources"][0], rule["verbs"][0]) == wanted
+    ]
+    return found
+
+
 def _create(kube: client.ApiClient, obj: dict[str, Any], namespace: str) -> None:
     objects = client.CustomObjectsApi(kube)
     if obj["kind"] == "KopfPeering":
@@ -219,13 +275,16 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     charted_operator: tuple[OperatorProcess, list[dict[str, Any]]],
 ) -> None:
     operator, objects = charted_operator
-    # kopf peers through one object per watched namespace, or one for the cluster.
+    # kopf peers through one object per watched namespace, or one for the cluster; the rights
+    # in a watched namespace are a Role there.
     peering_kind = "KopfPeering" if operator.namespace else "ClusterKopfPeering"
+    roles = ["Role", "RoleBinding"] if operator.namespace else []
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            *roles,
             "Deployment",
             peering_kind,
             "Secret",
@@ -240,6 +299,41 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]
 
+    assert _work(kube, namespace, operator)
+    log = operator.log.read_text()
+    assert "forbidden: User" not in log and "(403)" not in log, log[-4000:]
+    assert operator.proc is not None and operator.proc.poll() is None, log[-4000:]
+
+
+class Stopped(Exception):
+    """The operator was refused something: what it did next is beside the point."""
+
+
+def _work(
+    kube: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    stop_when: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Have the operator do everything it does, each thing through the right of one rule of the
+    chart's RBAC; whether it all happened. Waits end early, with ``False``, once ``stop_when``."""
+
+    def wait(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+        found = wait_for(lambda: stop_when() or probe(), timeout, what, operator.log)
+        if stop_when():
+            raise Stopped
+        return found
+
+    try:
+        _everything(kube, namespace, operator, wait)
+    except Stopped:
+        return False
+    return True
+
+
+def _everything(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess, wait: Callable[..., Any]
+) -> None:
     peers = client.CustomObjectsApi(kube)
 
     def record() -> Any:
@@ -254,37 +348,49 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
         return found.get("status")
 
     # The replica keeps its record in the chart's peering object, and acts alone.
-    peering = wait_for(record, what="the replica's peering record", log=operator.log)
+    peering = wait(record, "the replica's peering record")
     assert list(peering) == [operator.env["POD_ID"]]
 
-    # Status of policies and suites.
-    apply(kube, namespace, Body.of("policy").set("spec.allowedOperators", ["import"]).manifest)
+    # Status of policies and suites. The policy trusts a keyless signer (its trust configuration
+    # is a ConfigMap) and lets descendants onto the local runner's node.
+    scheduling = example("policy")["spec"]["scheduling"]
+    policy = (
+        Body.of("policy")
+        .set("spec.allowedOperators", ["import", "lora"])
+        .set(
+            "spec.scheduling.allowedNodeSelector",
+            {**scheduling["allowedNodeSelector"], **{k: [v] for k, v in LOCAL_SELECTOR.items()}},
+        )
+        .set(
+            "spec.scheduling.allowedTolerations",
+            [*scheduling["allowedTolerations"], LOCAL_TOLERATION],
+        )
+    )
+    apply(kube, namespace, policy.manifest)
     apply(kube, namespace, example("suite"))
     for plural, name in (("breedingpolicies", "standard"), ("evaluationsuites", "sentiment-topic")):
-        status = wait_for(
+        status = wait(
             lambda: read_resource(kube, namespace, plural, name).get("status"),  # noqa: B023
-            what=f"{plural} status",
-            log=operator.log,
+            f"{plural} status",
         )
         assert status["phase"] == "Valid", status
 
     # The webhook's configuration, which kopf registers: a refused Descendant is denied at apply.
-    wait_for(lambda: webhook_configured(kube), what="the webhook configured", log=operator.log)
+    wait(lambda: webhook_configured(kube), "the webhook configured")
     with pytest.raises(ApiException) as denied:
-        apply(kube, namespace, example("lora-specialist"))
+        apply(kube, namespace, example("ties-merge"))
     assert denied.value.status == 422, denied.value.body
     assert "OperatorForbidden" in denied.value.body, denied.value.body
 
     # A Descendant: its NetworkPolicy, its Job, events, status; a Job that leaves no result is
-    # a failed attempt, whose pods the operator reads for the reason.
+    # a failed attempt.
     founder = Body.of("founder-import").set("spec.resources", {"backoffLimit": 0}).manifest
     apply(kube, namespace, founder)
     name = founder["metadata"]["name"]
-    wait_for(
+    wait(
         lambda: descendant_status(kube, namespace, name).get("phase") == "Failed",
+        "the founder Failed",
         timeout=90,
-        what="the founder Failed",
-        log=operator.log,
     )
     status = descendant_status(kube, namespace, name)
     assert "left no breed result" in status["message"]
@@ -302,9 +408,54 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
     }
     assert {"Breeding", "Failed"} <= reasons, reasons
 
-    log = operator.log.read_text()
-    assert "Forbidden" not in log and " 403" not in log, log[-4000:]
-    assert operator.proc is not None and operator.proc.poll() is None, log[-4000:]
+    # A Job whose container fails, on the local runner's node: the operator reads the reason
+    # from its pod.
+    broken = (
+        Body.of("founder-import")
+        .set("metadata.name", "broken-founder")
+        .set("spec.operator.import.uri", "/nonexistent/founder")
+        .set(
+            "spec.resources",
+            {"backoffLimit": 0, "nodeSelector": LOCAL_SELECTOR, "tolerations": [LOCAL_TOLERATION]},
+        )
+    )
+    apply(kube, namespace, broken.manifest)
+    failed = wait(
+        lambda: (
+            descendant_status(kube, namespace, "broken-founder").get("phase") == "Failed"
+            and descendant_status(kube, namespace, "broken-founder")
+        ),
+        "the broken founder Failed with its reason",
+        timeout=120,
+    )
+    assert "does not exist" in failed["message"], failed["message"]
+
+    # A child of a Ready parent: verifying the parent reads the keyless signer's ConfigMap.
+    forged = {
+        "phase": "Ready",
+        "observedGeneration": read_resource(kube, namespace, "descendants", name)["metadata"][
+            "generation"
+        ],
+        "artifact": {
+            "id": "sha256:" + "ab" * 32,
+            "shortId": "abababababab",
+            "uri": "/work/sha256/" + "ab" * 32,
+            "sizeBytes": 1,
+            "signer": "key:forged",
+        },
+    }
+    peers.patch_namespaced_custom_object_status(
+        "breeding.studbook.dev", "v1alpha1", namespace, "descendants", name, {"status": forged}
+    )
+    apply(kube, namespace, example("lora-specialist"))
+    child = wait(
+        lambda: (
+            descendant_status(kube, namespace, "minilm-sentiment").get("phase") == "Rejected"
+            and descendant_status(kube, namespace, "minilm-sentiment")
+        ),
+        "the child of an unverifiable parent Rejected",
+    )
+    assert "ParentTampered" in json.dumps(child["conditions"]), child
 
 
 def test_the_signing_key_stays_in_the_operators_namespace(
@@ -346,6 +497,37 @@ def test_the_signing_key_stays_in_the_operators_namespace(
         assert refused.value.status == 403
     finally:
         core.delete_namespace(home)
+
+
+def test_every_rbac_rule_is_one_the_next_test_takes_away() -> None:
+    one = _render("sb", "studbook-system", "ml-breeding")
+    assert sorted(_rule_ids(one)) == sorted([*NAMESPACED_RULES, *CLUSTER_RULES])
+    every = _render("sb", "studbook-system", None)
+    cluster_wide = [("ClusterRole", resource, verb) for _, resource, verb in NAMESPACED_RULES]
+    cluster_wide.remove(("ClusterRole", "kopfpeerings", "get"))
+    assert sorted(_rule_ids(every)) == sorted([*CLUSTER_RULES, CLUSTER_PEERING, *cluster_wide])
+
+
+@pytest.mark.parametrize(
+    "rule", [*CLUSTER_RULES, *NAMESPACED_RULES, CLUSTER_PEERING], ids=lambda r: "-".join(r)
+)
+def test_without_any_one_rbac_rule_the_operator_is_refused(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str, tmp_path: Path, rule: RuleId
+) -> None:
+    # The same work as the test above, as far as it gets: the API server refuses the operator
+    # something that rule, and only it, allowed.
+    watched = None if rule == CLUSTER_PEERING else namespace
+    resources = _rule(_render("sb", "studbook-system", watched), rule)["resources"]
+
+    # The API server's words, quoted plainly or inside a JSON body.
+    names = "|".join(map(re.escape, resources))
+    said = re.compile(rf'cannot \w+ resource \\?"({names})\\?"')
+
+    def refused() -> bool:
+        return said.search(operator.log.read_text()) is not None
+
+    with _installed(cluster, kube, namespace, tmp_path, watched, without=rule) as (operator, _):
+        assert not _work(kube, namespace, operator, stop_when=refused)
 
 
 def test_helm_lints_the_chart() -> None:

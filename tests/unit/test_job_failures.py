@@ -37,8 +37,8 @@ def test_a_failed_container_is_told_in_one_line(
 
 
 def test_step_containers_fall_back_to_their_log_when_they_wrote_no_reason() -> None:
-    settings = JobSettings("trainer:1", "operator:1", {"name": "artifacts", "emptyDir": {}})
-    for step in ("breed", "evaluate", "sign"):
+    settings = JobSettings("trainer:1", {"emptyDir": {}})
+    for step in ("breed", "evaluate"):
         owner = Body.of("founder-import").set(
             "metadata.uid", "0b7c1a52-6f0e-4c5e-9d1f-3a2b1c0d9e8f"
         )

@@ -3,6 +3,7 @@ sweeps."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -153,3 +154,15 @@ def test_a_descendant_is_due_for_a_sweep_once_looked_at_and_not_lately() -> None
     controller.reconcile(rejected.manifest, view)
     assert _counted("Rejected") == before + 1
     metrics.POPULATION.forget("uid-of-x")
+
+
+def test_the_operator_prints_every_loggers_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # kopf's handler failures go to a logger whose own handler only posts Kubernetes events;
+    # without a handler at the root they would never be printed.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    _operator(monkeypatch)
+    (handler,) = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    record = logging.LogRecord("kopf.objects", logging.ERROR, "", 0, "failed", None, None)
+    assert "ERROR kopf.objects: failed" in handler.format(record)

@@ -7,6 +7,7 @@ it changed, events posted on transitions.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -562,6 +563,15 @@ def event_record(body: dict[str, Any], event: Event) -> dict[str, Any]:
     }
 
 
+def refusal(error: ApiException) -> str:
+    """What the API server said when it refused a request: its message, else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or error.reason)
+
+
 class EventPoster:
     """Posts a Descendant's transitions as Kubernetes events, from any thread."""
 
@@ -577,7 +587,7 @@ class EventPoster:
                 "event %s for %s not posted: %s",
                 event.reason,
                 body["metadata"]["name"],
-                error.reason,
+                refusal(error),
             )
 
 

@@ -22,7 +22,7 @@ from studbook import GROUP, VERSION, metrics
 from studbook.api.descendant import Descendant, DescendantSpec
 from studbook.api.policy import BreedingPolicy
 from studbook.api.suite import EvaluationSuite
-from studbook.controllers.descendants import Controller, EventPoster, Sweeper, finished
+from studbook.controllers.descendants import Controller, EventPoster, Sweeper, finished, refusal
 from studbook.controllers.peering import PeeringGate
 from studbook.controllers.resources import policy_status, suite_status
 from studbook.controllers.settings import OperatorSettings
@@ -269,8 +269,10 @@ async def network_policy_event(
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(memo.executor, _controller(memo).fence, namespace)
-    except ApiException as error:  # a namespace being deleted takes no new objects
-        log.warning("cannot restore NetworkPolicy %s/%s: %s", namespace, name, error.reason)
+    except ApiException as error:
+        if "being terminated" in str(error.body):
+            return  # its namespace is going, and the policy with it
+        log.warning("cannot restore NetworkPolicy %s/%s: %s", namespace, name, refusal(error))
 
 
 @kopf.on.event(GROUP, VERSION, BreedingPolicy.crd.plural)

@@ -38,12 +38,8 @@ RESUMED = "Resuming operations after the pause"
 
 
 def log_peering_decisions() -> None:
-    """Show kopf's pauses and resumes, which it logs at INFO, below Python's default WARNING."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("kopf._core.engines.peering")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    """Show kopf's pauses and resumes, which it logs at INFO, below the operator's WARNING."""
+    logging.getLogger("kopf._core.engines.peering").setLevel(logging.INFO)
 
 
 def acts(records: Mapping[str, Any], priority: int, now: datetime) -> bool:
