@@ -255,6 +255,16 @@ class ParentWeight(ApiModel):
     """The parent's coefficient."""
 
 
+PARENTS_ONCE = Rule(
+    cel="!has(self.weights)"
+    " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
+    message="weights must not list a parent twice",
+    check=lambda c: len({w.parent for w in c.weights or []}) == len(c.weights or []),
+    field_path=".weights",
+)
+"""Each parent weighs in once: two weights for one parent would leave which one counts open."""
+
+
 class MergeParameters(ApiModel):
     """Method parameters; each method reads those it needs."""
 
@@ -280,15 +290,7 @@ class MergeOverride(ApiModel):
     parameters: MergeParameters | None = None
     """Method parameters for these tensors."""
 
-    rules = (
-        Rule(
-            cel="!has(self.weights)"
-            " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
-            message="weights must not list a parent twice",
-            check=lambda o: len({w.parent for w in o.weights or []}) == len(o.weights or []),
-            field_path=".weights",
-        ),
-    )
+    rules = (PARENTS_ONCE,)
 
 
 class MergeConfig(ApiModel):
@@ -310,13 +312,7 @@ class MergeConfig(ApiModel):
     """Seed of random sparsification (DARE)."""
 
     rules = (
-        Rule(
-            cel="!has(self.weights)"
-            " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
-            message="weights must not list a parent twice",
-            check=lambda c: len({w.parent for w in c.weights}) == len(c.weights),
-            field_path=".weights",
-        ),
+        PARENTS_ONCE,
         Rule(
             cel="!(self.method in " + str(sorted(METHODS_WITH_BASE)) + ") || has(self.base)",
             message="base is required for task-vector methods and model_stock",
@@ -351,15 +347,7 @@ class EnsembleConfig(ApiModel):
     weights: Annotated[list[ParentWeight], Field(max_length=32)] = []
     """Per-member weights; members left out weigh 1."""
 
-    rules = (
-        Rule(
-            cel="!has(self.weights)"
-            " || self.weights.all(a, self.weights.exists_one(b, b.parent == a.parent))",
-            message="weights must not list a parent twice",
-            check=lambda c: len({w.parent for w in c.weights}) == len(c.weights),
-            field_path=".weights",
-        ),
-    )
+    rules = (PARENTS_ONCE,)
 
 
 class Route(ApiModel):
