@@ -1,5 +1,5 @@
-# The operator image: the operator (`studbook operator`, the chart's Deployment) and the sign
-# Jobs (`python -m studbook sign-task`, the only pods that see signing material).
+# The operator image: the operator (`studbook operator`, the chart's Deployment), which also signs
+# in its own process (the only pod that sees signing material).
 #   docker build -t studbook-operator .
 # No ML stack: the operator never imports torch. Dependencies are pinned to the versions the tests
 # ran with (requirements/dev.lock, as constraints: only what the operator needs is installed).

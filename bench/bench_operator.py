@@ -248,7 +248,6 @@ def run(count: int, population: int, profile: str | None = None) -> dict[str, An
         store.mkdir()
         settings = builders.JobSettings(
             trainer_image="trainer",
-            operator_image="operator",
             artifact_volume={"hostPath": {"path": str(store)}},
             store_mount=str(store),
         )

@@ -83,7 +83,6 @@ def run(count: int, rounds: int) -> dict[str, Any]:
         pool = ThreadPoolExecutor(THREADS)
         settings = builders.JobSettings(
             trainer_image="trainer",
-            operator_image="operator",
             artifact_volume={"hostPath": {"path": str(workdir / "store")}},
             store_mount=str(workdir / "store"),
         )

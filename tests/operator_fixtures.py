@@ -50,7 +50,6 @@ class OperatorProcess:
             "STUDBOOK_JOB_STORE": str(store),
             "STUDBOOK_STORE_VOLUME": json.dumps({"hostPath": {"path": str(store)}}),
             "STUDBOOK_TRAINER_IMAGE": "studbook-trainer:test",
-            "STUDBOOK_OPERATOR_IMAGE": "studbook:test",
             **(env or {}),
         }
 

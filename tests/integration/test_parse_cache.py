@@ -41,7 +41,7 @@ def test_a_finished_descendant_is_parsed_again_only_when_named_as_a_parent(
         descendants={},
         jobs={},
     )
-    jobs = JobSettings(trainer_image="t", operator_image="o", artifact_volume={"emptyDir": {}})
+    jobs = JobSettings(trainer_image="t", artifact_volume={"emptyDir": {}})
     settings = OperatorSettings(store=str(tmp_path), jobs=jobs)
     controller = Controller(api=kube, settings=settings, post_event=lambda body, event: None)
     policy_uid, merge_uid, waiting_uid = (
