@@ -204,8 +204,8 @@ def load(paths: Iterable[Path]) -> Manifests:
                     where,
                     Problem(
                         "kind",
-                        f"{kind} is not run by `studbook breed` yet; apply it to a cluster"
-                        " (or leave it out of the directory)",
+                        f"{kind} is not run by `studbook breed` yet, nor by the operator;"
+                        " leave it out of the directory",
                     ),
                 )
             )
