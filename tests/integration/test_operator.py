@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kubernetes import client
 
@@ -180,3 +182,42 @@ def test_missing_parent_waits_and_continues_when_it_appears(
     )
     assert _phase(kube, namespace, "minilm-sentiment") == "Pending"
     assert _jobs(kube, namespace) == []
+
+
+def test_a_job_that_cannot_start_says_why(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    apply(kube, namespace, example("policy"))
+    apply(kube, namespace, example("suite"))
+    founder = Body.of("founder-import")
+    # No Kueue here: its Job stays suspended. No node has the GPU asked for.
+    queued = founder.set("metadata.name", "queued").set(
+        "spec.resources", {"queueName": "breeding", "backoffLimit": 0}
+    )
+    apply(kube, namespace, queued.manifest)
+    unplaceable = Body.of("founder-import").set("metadata.name", "unplaceable")
+    unplaceable.set("spec.resources", {"gpuType": "NVIDIA-L4", "backoffLimit": 0})
+    apply(kube, namespace, unplaceable.manifest)
+
+    def why(name: str, reason: str) -> dict[str, Any] | None:
+        status = descendant_status(kube, namespace, name)
+        bred = [c for c in status.get("conditions", []) if c["type"] == "Bred"]
+        return status if bred and bred[0]["reason"] == reason else None
+
+    status = wait_for(lambda: why("queued", "JobSuspended"), what="suspended", log=operator.log)
+    assert status["message"] == (
+        "breed attempt 1 cannot start: suspended until Kueue admits it to queue 'breeding'"
+    )
+    status = wait_for(
+        lambda: why("unplaceable", "Unschedulable"),
+        timeout=120,
+        what="unschedulable",
+        log=operator.log,
+    )
+    assert status["message"].startswith("breed attempt 1 cannot start: 0/"), status["message"]
+    assert "node(s) didn't match" in status["message"], status["message"]
+    events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
+    assert {(e.involved_object.name, e.type, e.reason) for e in events} >= {
+        ("queued", "Warning", "JobSuspended"),
+        ("unplaceable", "Warning", "Unschedulable"),
+    }

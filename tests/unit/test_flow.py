@@ -260,3 +260,19 @@ def test_a_failed_attempt_says_why_while_its_retry_waits() -> None:
     assert waiting.create == () and waiting.status.phase == "Breeding"
     assert waiting.status.message == "breed attempt 1 failed: CUDA out of memory"
     assert waiting.status.jobs[0].reason == "CUDA out of memory"
+
+
+def test_a_job_that_cannot_start_says_why_and_warns_once() -> None:
+    first = reconcile(observe())
+    why = (reasons.UNSCHEDULABLE, "0/3 nodes are available: 3 node(s) didn't match selector.")
+    stuck = reconcile(observe(first.status, jobs=job("breed", 1, "Pending", stuck=why)))
+    assert stuck.create == () and stuck.status.phase == "Breeding"
+    assert stuck.status.message == f"breed attempt 1 cannot start: {why[1]}"
+    assert cond(stuck, reasons.BRED) == ("Unknown", reasons.UNSCHEDULABLE)
+    assert [(e.type, e.reason) for e in stuck.events] == [("Warning", reasons.UNSCHEDULABLE)]
+    # Still stuck the same way: no second event.
+    again = reconcile(observe(stuck.status, jobs=job("breed", 1, "Pending", stuck=why)))
+    assert again.events == () and again.status.message == stuck.status.message
+    # Once it runs, the reason goes.
+    running = reconcile(observe(again.status, jobs=job("breed", 1, "Running")))
+    assert cond(running, reasons.BRED) == ("Unknown", reasons.JOB_RUNNING)

@@ -8,10 +8,17 @@ from typing import Any
 import pytest
 from tests.builders import Body
 
-from studbook.api import Descendant
+from studbook.api import Descendant, reasons
 from studbook.breeding.flow import job_name
 from studbook.controllers.view import indexed_job
-from studbook.k8s.jobs import JobSettings, job, job_phase, step_network_policy
+from studbook.k8s.jobs import (
+    JobSettings,
+    job,
+    job_phase,
+    pod_stuck,
+    step_network_policy,
+    suspended,
+)
 
 TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
 SETTINGS = JobSettings(
@@ -142,6 +149,10 @@ def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -
         "job-uid",
     )
     assert kept["status"] == body["status"]
+    # Why a Job runs no pod: suspended by a queue, or waiting long since its creation.
+    assert kept["spec"]["suspend"] is True and suspended(kept) == suspended(body)
+    body["metadata"]["creationTimestamp"] = "2026-11-30T09:59:00Z"
+    assert indexed_job(body)["metadata"]["creationTimestamp"] == "2026-11-30T09:59:00Z"
     limits = _pod(kept)["containers"][0]["resources"]["limits"]
     assert (
         limits["nvidia.com/gpu"]
@@ -150,3 +161,65 @@ def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -
     assert "managedFields" not in kept["metadata"]
     assert "volumes" not in _pod(kept) and "metadata" not in kept["spec"]["template"]
     assert len(json.dumps(kept)) < len(json.dumps(body)) / 3
+
+
+def test_why_a_job_runs_no_pod() -> None:
+    queued = job(_descendant(), "breed", 1, SETTINGS, TASK)
+    assert suspended(queued) == (
+        reasons.JOB_SUSPENDED,
+        "suspended until Kueue admits it to queue 'breeding'",
+    )
+    unschedulable = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 node(s) didn't match selector.",
+                }
+            ]
+        }
+    }
+    assert pod_stuck(unschedulable) == (
+        reasons.UNSCHEDULABLE,
+        "0/3 nodes are available: 3 node(s) didn't match selector.",
+    )
+    unbound = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "message": "0/3 nodes are available: pod has unbound immediate"
+                    " PersistentVolumeClaims.",
+                }
+            ]
+        }
+    }
+    assert pod_stuck(unbound)[0] == reasons.VOLUME_UNBOUND  # type: ignore[index]
+    pulling = {
+        "status": {
+            "containerStatuses": [
+                {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}
+            ]
+        }
+    }
+    assert pod_stuck(pulling) == (reasons.IMAGE_PULL_FAILED, "ImagePullBackOff: no such image")
+    secret = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "s3-credentials" not found',
+                        }
+                    }
+                }
+            ]
+        }
+    }
+    assert pod_stuck(secret)[0] == reasons.CONTAINER_CONFIG_ERROR  # type: ignore[index]
+    creating = {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "Pulling"}}}]}}
+    assert pod_stuck(creating) is None and pod_stuck({}) is None

@@ -70,6 +70,8 @@ class JobObservation:
     finished_at: datetime | None = None
     exit_code: int | None = None
     """The exit status of its container, once it failed."""
+    stuck: tuple[str, str] | None = None
+    """Why a Pending Job runs no pod: a reason constant and what Kubernetes says."""
 
     @property
     def refused(self) -> bool:
@@ -276,6 +278,15 @@ def _step(b: _Builder, step: Step, done: bool) -> bool:
         _create(b, step, 1)
         return False
     latest = o.jobs[(step, attempts[-1])]
+    if latest.phase == "Pending" and latest.stuck is not None:
+        reason, why = latest.stuck
+        message = f"{step} attempt {latest.attempt} cannot start: {why}"
+        was = next((c for c in b.status.conditions if c.type == cond), None)
+        if was is None or was.reason != reason:
+            b.events.append(Event("Warning", reason, message))
+        b.condition(cond, None, reason, message)
+        b.phase(STEP_PHASE[step], message)
+        return False
     if latest.phase == "Pending":
         _created(b, step, latest.attempt)
         return False

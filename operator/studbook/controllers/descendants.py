@@ -59,6 +59,8 @@ log = logging.getLogger("studbook.descendants")
 EventSink = Callable[[dict[str, Any], Event], None]
 TRUST_CONFIG_KEY = "trust_config.json"
 """The key of a keyless signer's ConfigMap that holds the sigstore ClientTrustConfig."""
+STUCK_AFTER = 10.0
+"""Seconds a Job may run no pod before the operator asks its pods why."""
 STEP_NAMES: dict[str, Step] = {"breed": "breed", "evaluate": "evaluate"}
 """The steps that run as Jobs; the operator signs in its own process."""
 
@@ -306,6 +308,7 @@ class Controller:
             terminated = self._termination(namespace, name)
             if terminated is not None:
                 exit_code, reason = terminated
+        stuck = self._stuck(namespace, job) if phase == "Pending" else None
         # A queued Job has a startTime too; its ref says when it ran, so it stays as created.
         started = None if phase == "Pending" else _time(st.get("startTime"))
         finished = _time(st.get("completionTime")) or _time(
@@ -322,7 +325,29 @@ class Controller:
             started_at=started,
             finished_at=finished,
             exit_code=exit_code,
+            stuck=stuck,
         )
+
+    def _stuck(self, namespace: str, job: dict[str, Any]) -> tuple[str, str] | None:
+        """Why a Job that runs no pod yet is not getting one, if Kubernetes says so.
+
+        Its pods are looked at only once it has waited :data:`STUCK_AFTER`: most Jobs get a
+        running pod sooner, and listing pods for each would cost a request every reconcile.
+        """
+        found = builders.suspended(job)
+        created = _time(job["metadata"].get("creationTimestamp"))
+        if found is not None or created is None:
+            return found
+        if (datetime.now(UTC) - created).total_seconds() < STUCK_AFTER:
+            return None
+        pods = client.CoreV1Api(self.api).list_namespaced_pod(
+            namespace, label_selector=f"job-name={job['metadata']['name']}"
+        )
+        for pod in pods.items:
+            found = builders.pod_stuck(self.api.sanitize_for_serialization(pod))  # type: ignore[no-untyped-call]
+            if found is not None:
+                return found
+        return None
 
     def _finished(
         self,

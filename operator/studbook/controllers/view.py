@@ -64,19 +64,20 @@ def indexed(body: Body) -> Body:
 def indexed_job(body: Body) -> Body:
     """What reconciling reads of a Job, as its index keeps it.
 
-    Its name, uid, labels, status and the first container's resources (for GPU hours); not the
-    pod template and managed fields, most of a Job's size.
+    Its name, uid, labels, creation time, whether it is suspended, status and the first
+    container's resources (for GPU hours); not the pod template and managed fields, most of a
+    Job's size.
     """
     metadata = body["metadata"]
+    kept = ("name", "namespace", "uid", "labels", "creationTimestamp")
     containers = body["spec"]["template"]["spec"]["containers"]
     return {
-        "metadata": {
-            k: metadata[k] for k in ("name", "namespace", "uid", "labels") if k in metadata
-        },
+        "metadata": {k: metadata[k] for k in kept if k in metadata},
         "spec": {
+            "suspend": bool(body["spec"].get("suspend")),
             "template": {
                 "spec": {"containers": [{"resources": containers[0].get("resources") or {}}]}
-            }
+            },
         },
         "status": body.get("status") or {},
     }

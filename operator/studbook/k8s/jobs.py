@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from studbook import GROUP
+from studbook.api import reasons
 from studbook.api.descendant import Descendant, JobPhase, Step
 from studbook.api.policy import LABEL_GPU_PRODUCT
 from studbook.breeding.flow import job_name
@@ -67,6 +68,47 @@ def job_phase(job: Body) -> JobPhase:
     if "Failed" in done:
         return "Failed"
     return "Running" if status.get("ready") else "Pending"
+
+
+WAITING_REASONS = {
+    "ErrImagePull": reasons.IMAGE_PULL_FAILED,
+    "ImagePullBackOff": reasons.IMAGE_PULL_FAILED,
+    "InvalidImageName": reasons.IMAGE_PULL_FAILED,
+    "CreateContainerConfigError": reasons.CONTAINER_CONFIG_ERROR,
+    "CreateContainerError": reasons.CONTAINER_CONFIG_ERROR,
+}
+"""Waiting containers that will not start by themselves, by the reason the kubelet gives."""
+
+
+def suspended(job: Body) -> tuple[str, str] | None:
+    """Why a suspended Job runs no pod: a queue has not admitted it yet."""
+    if not (job.get("spec") or {}).get("suspend"):
+        return None
+    queue = (job["metadata"].get("labels") or {}).get(LABEL_QUEUE)
+    if queue is None:
+        return reasons.JOB_SUSPENDED, "the Job is suspended"
+    return reasons.JOB_SUSPENDED, f"suspended until Kueue admits it to queue {queue!r}"
+
+
+def pod_stuck(pod: Body) -> tuple[str, str] | None:
+    """Why a pod of a Job does not run, as the scheduler or the kubelet says, or ``None``.
+
+    A pod the scheduler cannot place (with its reason, an unbound volume among them), or a
+    container that cannot start: an image that cannot be pulled, a missing Secret or ConfigMap.
+    """
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            why = str(condition.get("message") or condition.get("reason") or "not scheduled")
+            unbound = "unbound" in why and "PersistentVolumeClaim" in why
+            return (reasons.VOLUME_UNBOUND if unbound else reasons.UNSCHEDULABLE), why[:512]
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = WAITING_REASONS.get(str(waiting.get("reason")))
+        if reason is not None:
+            why = f"{waiting['reason']}: {waiting.get('message') or 'no message'}"
+            return reason, why[:512]
+    return None
 
 
 def owner_reference(owner: Descendant) -> Body:
