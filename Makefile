@@ -24,7 +24,7 @@ export UV_CACHE_DIR := $(STUDBOOK_CACHE)/uv-cache
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all venv lock lint crds check-crds test test-unit test-integration cluster-bins \
+.PHONY: all venv lock lint crds check-crds test test-unit test-integration cluster-bins images \
 	dev-cluster dev-cluster-down demo clean
 
 all: test
@@ -79,7 +79,13 @@ cluster-bins:
 	nice -n 10 tests/cluster/build.sh
 	nice -n 10 tests/cluster/build.sh helm
 
-dev-cluster: venv cluster-bins
+# The operator and trainer images, built with podman from a Debian base (images/build.sh). Their
+# base and dependency layers are cached in podman's store by the lock's hash; only the source
+# layer is built again. The local pod runner runs every test pod from them.
+images: venv
+	UV_VERSION=$(UV_VERSION) nice -n 10 images/build.sh
+
+dev-cluster: venv cluster-bins images
 	PYTHON=$(CURDIR)/$(PY) tests/cluster/up.sh
 
 dev-cluster-down:
@@ -88,10 +94,10 @@ dev-cluster-down:
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv cluster-bins
+test-integration: venv cluster-bins images
 	$(PY) -m pytest tests/integration -m cluster $(PYTEST_ARGS)
 
-test: lint cluster-bins
+test: lint cluster-bins images
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # The quickstart, bred, evaluated and signed on this machine, then reported. Its founder is the

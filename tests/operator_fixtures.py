@@ -17,7 +17,9 @@ from kubernetes import client
 
 from studbook import GROUP, VERSION
 from studbook.controllers.webhook import CONFIGURATION
+from studbook.k8s.jobs import NON_ROOT_UID
 from tests.cluster.controlplane import ControlPlane, free_port
+from tests.cluster.images import image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +48,10 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
             "STUDBOOK_STORE": str(store),
-            # The local pod runner maps hostPath volumes to the same local directory.
+            # Step pods mount the store at the path the operator sees it at.
             "STUDBOOK_JOB_STORE": str(store),
             "STUDBOOK_STORE_VOLUME": json.dumps({"hostPath": {"path": str(store)}}),
-            "STUDBOOK_TRAINER_IMAGE": "studbook-trainer:test",
+            "STUDBOOK_TRAINER_IMAGE": image("trainer"),
             **(env or {}),
         }
 
@@ -99,6 +101,8 @@ def idle_operator(
     """An operator for the test's namespace and a fresh artifact store, not started yet."""
     store = tmp_path / "store"
     store.mkdir()
+    # A volume provisioned for the step pods' user, as a PersistentVolume would be.
+    os.chown(store, NON_ROOT_UID, NON_ROOT_UID)
     process = OperatorProcess(cluster, namespace, store, tmp_path / "operator.log")
     yield process
     process.stop()

@@ -1,21 +1,30 @@
-"""A test device that plays kubelet for one node: its pods run as local processes.
+"""A test device that plays kubelet for one node: its pods run as real containers.
 
-There is no container runtime here, so the image is ignored and each container's command runs
-with this machine's Python environment (the directory of the runner's interpreter comes first on
-PATH, so `python` is the project's). What is honoured:
+Each container runs with podman (runc, cgroupfs: see ../shared notes on containers) from an image
+in this machine's podman store; nothing is ever pulled, so a missing image leaves the pod waiting
+in ImagePullBackOff (ErrImageNeverPull under `imagePullPolicy: Never`) until it is built. What is
+honoured:
 
-- command and args (with `$(VAR)` expansion; without a command, args[0] is the program),
-  env (values, fieldRef, configMapKeyRef, secretKeyRef), envFrom, workingDir;
-- volumes: emptyDir and hostPath, plus configMap, secret and projected sources (including service
-  account tokens) written out as files. A container path under a volumeMount's mountPath is
-  rewritten to the volume's local directory wherever it appears in command, args, env values and
-  workingDir, because the process sees the host filesystem, not a container one;
+- image, command and args (as a kubelet: `command` replaces the entrypoint, `args` the image's
+  CMD, with `$(VAR)` expansion), env (values, fieldRef, configMapKeyRef, secretKeyRef), envFrom,
+  workingDir;
+- the security context: runAsUser/runAsGroup, runAsNonRoot (refused as the kubelet does when
+  the user would be root), fsGroup as a supplementary group, readOnlyRootFilesystem (no
+  writable tmpfs is added), capabilities, allowPrivilegeEscalation (no-new-privileges);
+- resource limits: memory (an OOM kill is reported as OOMKilled) and CPU, clamped to this node;
+- volumes: emptyDir and hostPath bind-mounted, configMap, secret, downwardAPI and projected
+  sources (service account tokens included) written out as files and mounted read-only, subPath,
+  readOnly mounts; the termination message file;
+- NetworkPolicy egress: a pod selected by a policy that allows no egress at all runs with no
+  network (`--network none`); every other pod shares the node's network, where the API server
+  is reachable at KUBERNETES_SERVICE_HOST/PORT. Partial egress rules are not enforced;
 - init containers in order, then the containers concurrently; the pod succeeds when all exit 0.
 
 Status goes back to the API like a kubelet writes it: phase, conditions, podIP/hostIP and
-containerStatuses with running and terminated states (exitCode, reason, timestamps). Restart
-policies are treated as Never; a deleted pod's processes are killed and the pod is finalized.
-Per-container output is in <root>/logs/<namespace>_<pod>_<container>.log.
+containerStatuses with waiting, running and terminated states (exitCode, reason, message,
+timestamps, imageID). Restart policies are treated as Never; a deleted pod's containers are
+stopped and the pod is finalized. Per-container output is in
+<root>/logs/<namespace>_<pod>_<container>.log.
 """
 
 from __future__ import annotations
@@ -24,18 +33,21 @@ import argparse
 import base64
 import contextlib
 import datetime
+import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
@@ -45,6 +57,12 @@ from tests.cluster.controlplane import _die_with_parent
 log = logging.getLogger("podrunner")
 
 LOCAL_IP = "127.0.0.1"
+PODMAN = ("podman", "--runtime", shutil.which("runc") or "runc", "--cgroup-manager", "cgroupfs")
+"""podman as these machines need it: crun cannot run under the hybrid cgroup layout, runc can."""
+# Without explicit limits runc cannot set them here; these stay under this machine's hard limits.
+ULIMITS = ("--ulimit", "nofile=16384:16384", "--ulimit", "nproc=8192:8192")
+LABEL_POD_UID = "io.kubernetes.pod.uid"
+IMAGE_RECHECK_SECONDS = 5.0
 HEARTBEAT_SECONDS = 10.0
 MERGE_PATCH = "application/merge-patch+json"
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
@@ -65,21 +83,6 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(repl, text)
 
 
-def remap(text: str, mounts: Iterable[tuple[str, Path]]) -> str:
-    """Rewrite container paths under a mountPath to their local directories.
-
-    `mounts` must be ordered longest mountPath first, so nested mounts win. One pass over the
-    text: a rewritten path is never rewritten again (the local directories may themselves lie
-    under a mountPath such as /tmp).
-    """
-    locals_ = {m.rstrip("/"): str(local) for m, local in mounts if m.rstrip("/")}
-    if not locals_:
-        return text
-    alternatives = "|".join(re.escape(prefix) for prefix in locals_)
-    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?=/|$|[^\w.-])")
-    return pattern.sub(lambda m: locals_[m.group(1)], text)
-
-
 @dataclass
 class _PodRun:
     """Bookkeeping for one pod while its processes run."""
@@ -88,7 +91,8 @@ class _PodRun:
     name: str
     uid: str
     deleting: threading.Event = field(default_factory=threading.Event)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    containers: set[str] = field(default_factory=set)
+    """podman names of the containers running now."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -97,6 +101,9 @@ class PodRunner:
 
     def __init__(self, api: client.ApiClient, node: str, root: Path) -> None:
         self.core = client.CoreV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
+        server = urlsplit(api.configuration.host)
+        self.api_host, self.api_port = server.hostname or LOCAL_IP, str(server.port or 443)
         self.coordination = client.CoordinationV1Api(api)
         self.node = node
         self.root = root
@@ -263,18 +270,24 @@ class PodRunner:
     def _run_pod(self, pod: client.V1Pod, run: _PodRun) -> None:
         started = _now()
         pod_dir = self.root / "pods" / f"{run.namespace}_{run.name}_{run.uid[:8]}"
-        exit_codes: dict[str, tuple[int, str, str, str]] = {}
+        exit_codes: dict[str, _Exit] = {}
         try:
+            self._wait_for_images(pod, run)
+            if run.deleting.is_set():
+                self._finalize(run.namespace, run.name, run.uid)
+                self.runs.pop(run.uid, None)
+                return
             volumes = self._prepare_volumes(pod, pod_dir)
+            network = self._network(pod)
             self._patch_status(pod, self._running_status(pod, started, init=True))
             for container in pod.spec.init_containers or []:
-                code = self._run_container(pod, run, container, volumes, pod_dir)
+                code = self._run_container(pod, run, container, volumes, pod_dir, network)
                 exit_codes[container.name] = code
-                if code[0] != 0 or run.deleting.is_set():
+                if code.code != 0 or run.deleting.is_set():
                     break
             else:
                 self._patch_status(pod, self._running_status(pod, started, init=False))
-                exit_codes.update(self._run_all(pod, run, volumes, pod_dir))
+                exit_codes.update(self._run_all(pod, run, volumes, pod_dir, network))
             reason = ""
         except Exception as exc:
             log.exception("pod %s/%s could not run", run.namespace, run.name)
@@ -283,7 +296,7 @@ class PodRunner:
             "pod %s/%s finished: %s%s",
             run.namespace,
             run.name,
-            {name: code[0] for name, code in exit_codes.items()},
+            {name: code.code for name, code in exit_codes.items()},
             " (deleted)" if run.deleting.is_set() else "",
         )
         if run.deleting.is_set():
@@ -293,13 +306,18 @@ class PodRunner:
         self.runs.pop(run.uid, None)
 
     def _run_all(
-        self, pod: client.V1Pod, run: _PodRun, volumes: dict[str, Path], pod_dir: Path
-    ) -> dict[str, tuple[int, str, str, str]]:
+        self,
+        pod: client.V1Pod,
+        run: _PodRun,
+        volumes: Mapping[str, _Volume],
+        pod_dir: Path,
+        network: str,
+    ) -> dict[str, _Exit]:
         """Run the pod's containers side by side, as a kubelet does."""
-        results: dict[str, tuple[int, str, str, str]] = {}
+        results: dict[str, _Exit] = {}
 
         def run_one(c: client.V1Container) -> None:
-            results[c.name] = self._run_container(pod, run, c, volumes, pod_dir)
+            results[c.name] = self._run_container(pod, run, c, volumes, pod_dir, network)
 
         threads = [threading.Thread(target=run_one, args=(c,)) for c in pod.spec.containers]
         for t in threads:
@@ -308,91 +326,170 @@ class PodRunner:
             t.join()
         return results
 
+    # -- images -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _image(ref: str) -> dict[str, Any] | None:
+        """The local image a reference names, or None: this node never pulls."""
+        found = subprocess.run(
+            [*PODMAN, "image", "inspect", "--format", "json", ref],
+            capture_output=True,
+            check=False,
+        )
+        if found.returncode != 0:
+            return None
+        info: dict[str, Any] = json.loads(found.stdout)[0]
+        return info
+
+    def _wait_for_images(self, pod: client.V1Pod, run: _PodRun) -> None:
+        """Hold the pod in ImagePullBackOff while an image is missing, as a kubelet retries."""
+        containers = [*(pod.spec.init_containers or []), *pod.spec.containers]
+        reported = ""
+        while not run.deleting.is_set():
+            missing = [c for c in containers if self._image(c.image) is None]
+            if not missing:
+                return
+            first = missing[0]
+            reason = (
+                "ErrImageNeverPull" if first.image_pull_policy == "Never" else "ImagePullBackOff"
+            )
+            message = (
+                f'Back-off pulling image "{first.image}": this node never pulls, and the image '
+                "is not in its store (build it with make images)"
+            )
+            if message != reported:
+                log.info("pod %s/%s waits for image %s", run.namespace, run.name, first.image)
+                self._patch_status(pod, self._waiting_status(pod, reason, message))
+                reported = message
+            run.deleting.wait(IMAGE_RECHECK_SECONDS)
+
+    # -- containers -------------------------------------------------------------------------
+
     def _run_container(
         self,
         pod: client.V1Pod,
         run: _PodRun,
         container: client.V1Container,
-        volumes: dict[str, Path],
+        volumes: Mapping[str, _Volume],
         pod_dir: Path,
-    ) -> tuple[int, str, str, str]:
-        """Run one container to completion: (exit code, started, finished, log tail)."""
-        mounts = sorted(
-            (
-                (
-                    m.mount_path,
-                    volumes[m.name] / m.sub_path if m.sub_path else volumes[m.name],
-                )
-                for m in container.volume_mounts or []
-                if m.name in volumes
-            ),
-            key=lambda item: len(item[0]),
-            reverse=True,
-        )
-        container_env = self._container_env(pod, container)
-        env = dict(os.environ)
-        env.update({k: remap(v, mounts) for k, v in container_env.items()})
-        # `python` in a command means this environment's interpreter: the image is ignored.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        argv = [expand(a, container_env) for a in (container.command or [])]
-        argv += [expand(a, container_env) for a in (container.args or [])]
-        argv = [remap(a, mounts) for a in argv]
-        if not argv:
-            raise RuntimeError(f"container {container.name} has no command (the image is ignored)")
-        workdir = (
-            Path(remap(container.working_dir, mounts))
-            if container.working_dir
-            else pod_dir / "work" / container.name
-        )
-        workdir.mkdir(parents=True, exist_ok=True)
+        network: str,
+    ) -> _Exit:
+        """Run one container to completion with podman."""
+        started = _now()
+        image = self._image(container.image)
+        if image is None:
+            return _Exit(1, started, _now(), f"image {container.image} is gone", "ErrImagePull")
+        env = self._container_env(pod, container)
+        try:
+            security = _security_args(pod, container, image)
+            mounts = _mount_args(container, volumes)
+            limits = _limit_args(container)
+        except _ConfigError as exc:
+            return _Exit(1, started, _now(), str(exc), "CreateContainerConfigError")
+        name = f"k8s_{container.name}_{run.name}_{run.namespace}_{run.uid[:8]}"
+        termination = pod_dir / "termination" / container.name
+        termination.parent.mkdir(parents=True, exist_ok=True)
+        termination.write_bytes(b"")
+        termination.chmod(0o666)
+        argv = [
+            *PODMAN,
+            "run",
+            "--name",
+            name,
+            "--pull",
+            "never",
+            "--label",
+            f"{LABEL_POD_UID}={run.uid}",
+            "--label",
+            f"io.kubernetes.pod.namespace={run.namespace}",
+            "--label",
+            f"io.kubernetes.pod.name={run.name}",
+            "--label",
+            f"io.kubernetes.container.name={container.name}",
+            *ULIMITS,
+            *security,
+            *limits,
+            "--network",
+            network,
+            "--hostname",
+            run.name[:63],
+        ]
+        if network == "host" and pod.spec.automount_service_account_token is not False:
+            env.setdefault("KUBERNETES_SERVICE_HOST", self.api_host)
+            env.setdefault("KUBERNETES_SERVICE_PORT", self.api_port)
+        for key, value in env.items():
+            argv += ["--env", f"{key}={value}"]
+        path = container.termination_message_path or "/dev/termination-log"
+        mounts += ["--mount", f"type=bind,src={termination},dst={path}"]
+        argv += mounts
+        if container.working_dir:
+            argv += ["--workdir", container.working_dir]
+        command = [expand(a, env) for a in container.command or []]
+        args = [expand(a, env) for a in container.args or []]
+        if command:
+            argv += ["--entrypoint", json.dumps(command)]
+        argv.append(image["Id"])
+        argv += args
         log_path = self.root / "logs" / f"{run.namespace}_{run.name}_{container.name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = _now()
         with log_path.open("wb") as out:
+            with run.lock:
+                if run.deleting.is_set():
+                    return _Exit(137, started, _now(), "deleted before it started", "Error")
+                run.containers.add(name)
             try:
                 proc = subprocess.Popen(
                     argv,
-                    cwd=workdir,
-                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    # A killed runner takes its pods with it, as a stopped node would.
+                    # A killed runner takes its pods with it, as a stopped node would: podman
+                    # passes the SIGTERM on to the container.
                     preexec_fn=_die_with_parent,
                 )
-            except OSError as exc:
-                out.write(f"cannot start {argv[0]}: {exc}\n".encode())
-                return 127, started, _now(), str(exc)
-            with run.lock:
-                run.procs[container.name] = proc
-            if run.deleting.is_set():
-                self._kill(run)
-            code = proc.wait()
-        with run.lock:
-            run.procs.pop(container.name, None)
+                code = proc.wait()
+            finally:
+                with run.lock:
+                    run.containers.discard(name)
+        state = _inspect_and_remove(name)
         tail = log_path.read_bytes()[-2048:].decode(errors="replace")
-        # A signal shows as 128+N, as with a container runtime.
-        return (code if code >= 0 else 128 - code), started, _now(), tail
+        message = termination.read_text(errors="replace").strip()[:4096]
+        if (
+            not message
+            and code != 0
+            and container.termination_message_policy == ("FallbackToLogsOnError")
+        ):
+            message = "\n".join(tail.splitlines()[-80:])
+        if code == 125 or state is None:  # podman itself failed: the container never ran
+            return _Exit(code, started, _now(), tail.strip(), "CreateContainerError")
+        reason = "OOMKilled" if state.get("OOMKilled") else "Completed" if code == 0 else "Error"
+        image_id = f"{container.image.split('@')[0]}@{image.get('Digest', '')}"
+        return _Exit(code, started, _now(), message, reason, image_id)
 
     def _kill(self, run: _PodRun, grace: float = 5.0) -> None:
         with run.lock:
-            procs = list(run.procs.values())
-        for proc in procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+            names = list(run.containers)
+        for name in names:
+            # SIGTERM, then SIGKILL after the grace period, as a kubelet stops a container.
+            subprocess.Popen(
+                [*PODMAN, "stop", "--time", str(int(grace)), name],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
-        def escalate() -> None:
-            time.sleep(grace)
-            for proc in procs:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-
-        threading.Thread(target=escalate, daemon=True).start()
+    def _network(self, pod: client.V1Pod) -> str:
+        """`none` when a NetworkPolicy selecting the pod allows it no egress, else `host`."""
+        policies = self.networking.list_namespaced_network_policy(pod.metadata.namespace).items
+        labels = pod.metadata.labels or {}
+        selecting = [
+            p
+            for p in policies
+            if "Egress" in (p.spec.policy_types or []) and _selects(p.spec.pod_selector, labels)
+        ]
+        if selecting and not any(p.spec.egress for p in selecting):
+            return "none"
+        return "host"
 
     def _finalize(self, namespace: str, name: str, uid: str) -> None:
         # Like the kubelet: once nothing runs, the graceful deletion is completed. The grace
@@ -411,16 +508,22 @@ class PodRunner:
 
     # -- volumes and env --------------------------------------------------------------------
 
-    def _prepare_volumes(self, pod: client.V1Pod, pod_dir: Path) -> dict[str, Path]:
-        result: dict[str, Path] = {}
+    def _prepare_volumes(self, pod: client.V1Pod, pod_dir: Path) -> dict[str, _Volume]:
+        result: dict[str, _Volume] = {}
         for volume in pod.spec.volumes or []:
             local = pod_dir / "volumes" / volume.name
+            # Like a kubelet's: files the runner writes (configMap, secret, tokens, downward API)
+            # are mounted read-only; emptyDir is writable by any user, as on a node.
+            written = True
             if volume.host_path is not None:
                 local = Path(volume.host_path.path)
                 if volume.host_path.type in ("DirectoryOrCreate", None, ""):
                     local.mkdir(parents=True, exist_ok=True)
+                written = False
             elif volume.empty_dir is not None:
                 local.mkdir(parents=True, exist_ok=True)
+                local.chmod(0o777)
+                written = False
             elif volume.config_map is not None:
                 self._write_config_map(pod, volume.config_map.name, volume.config_map.items, local)
             elif volume.secret is not None:
@@ -440,9 +543,9 @@ class PodRunner:
             elif volume.downward_api is not None:
                 self._write_downward(pod, volume.downward_api.items or [], local)
             else:
-                log.warning("volume %s of %s: unsupported source", volume.name, pod.metadata.name)
-                local.mkdir(parents=True, exist_ok=True)
-            result[volume.name] = local
+                raise _ConfigError(f"volume {volume.name}: this node supports no such source")
+            local.mkdir(parents=True, exist_ok=True)
+            result[volume.name] = _Volume(local, read_only=written)
         return result
 
     @staticmethod
@@ -606,23 +709,8 @@ class PodRunner:
             "containerStatuses": [status(c, not init) for c in pod.spec.containers],
         }
 
-    def _final_status(
-        self,
-        pod: client.V1Pod,
-        exit_codes: Mapping[str, tuple[int, str, str, str]],
-        error: str,
-        started: str | None = None,
-    ) -> dict[str, Any]:
+    def _waiting_status(self, pod: client.V1Pod, reason: str, message: str) -> dict[str, Any]:
         def status(c: client.V1Container) -> dict[str, Any]:
-            code, begun, finished, tail = exit_codes.get(c.name, (1, _now(), _now(), error))
-            terminated: dict[str, Any] = {
-                "exitCode": code,
-                "reason": "Completed" if code == 0 else "Error",
-                "startedAt": begun,
-                "finishedAt": finished,
-            }
-            if code != 0:
-                terminated["message"] = tail or error
             return {
                 "name": c.name,
                 "image": c.image,
@@ -630,12 +718,52 @@ class PodRunner:
                 "ready": False,
                 "started": False,
                 "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}},
+            }
+
+        result: dict[str, Any] = {
+            "phase": "Pending",
+            "hostIP": LOCAL_IP,
+            "podIP": LOCAL_IP,
+            "podIPs": [{"ip": LOCAL_IP}],
+            "startTime": _now(),
+            "conditions": self._conditions(ready=False, initialized=False),
+            "containerStatuses": [status(c) for c in pod.spec.containers],
+        }
+        if pod.spec.init_containers:
+            result["initContainerStatuses"] = [status(c) for c in pod.spec.init_containers]
+        return result
+
+    def _final_status(
+        self,
+        pod: client.V1Pod,
+        exits: Mapping[str, _Exit],
+        error: str,
+        started: str | None = None,
+    ) -> dict[str, Any]:
+        def status(c: client.V1Container) -> dict[str, Any]:
+            done = exits.get(c.name) or _Exit(1, _now(), _now(), error, "Error")
+            terminated: dict[str, Any] = {
+                "exitCode": done.code,
+                "reason": done.reason,
+                "startedAt": done.started,
+                "finishedAt": done.finished,
+            }
+            if done.message:
+                terminated["message"] = done.message
+            return {
+                "name": c.name,
+                "image": c.image,
+                "imageID": done.image_id,
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
                 "state": {"terminated": terminated},
             }
 
         ok = not error and all(
-            exit_codes.get(c.name, (1,))[0] == 0
-            for c in [*(pod.spec.init_containers or []), *pod.spec.containers]
+            name in exits and exits[name].code == 0
+            for name in (c.name for c in [*(pod.spec.init_containers or []), *pod.spec.containers])
         )
         result: dict[str, Any] = {
             "phase": "Succeeded" if ok else "Failed",
@@ -652,6 +780,152 @@ class PodRunner:
             result["reason"] = error.split(":")[0]
             result["message"] = error
         return result
+
+
+@dataclass(frozen=True)
+class _Exit:
+    """How one container ended, as its terminated state reports it."""
+
+    code: int
+    started: str
+    finished: str
+    message: str
+    reason: str
+    image_id: str = ""
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """A pod volume on this machine."""
+
+    path: Path
+    read_only: bool
+
+
+class _ConfigError(Exception):
+    """The container cannot be created as specified (CreateContainerConfigError)."""
+
+
+def _security_args(
+    pod: client.V1Pod, container: client.V1Container, image: Mapping[str, Any]
+) -> list[str]:
+    """podman flags for the pod's and the container's security context."""
+    pod_sc = pod.spec.security_context or client.V1PodSecurityContext()
+    sc = container.security_context or client.V1SecurityContext()
+    user = sc.run_as_user if sc.run_as_user is not None else pod_sc.run_as_user
+    group = sc.run_as_group if sc.run_as_group is not None else pod_sc.run_as_group
+    non_root = sc.run_as_non_root if sc.run_as_non_root is not None else pod_sc.run_as_non_root
+    image_user = str((image.get("Config") or {}).get("User") or "0").split(":")[0]
+    if non_root and (user == 0 or (user is None and image_user in ("0", "root"))):
+        raise _ConfigError("container has runAsNonRoot and image will run as root")
+    if non_root and user is None and not image_user.isdigit():
+        raise _ConfigError(
+            f"container has runAsNonRoot and image has non-numeric user ({image_user}), "
+            "cannot verify user is non-root"
+        )
+    args: list[str] = []
+    if user is not None:
+        args += ["--user", f"{user}:{group}" if group is not None else str(user)]
+    if pod_sc.fs_group is not None:
+        args += ["--group-add", str(pod_sc.fs_group)]
+    for extra in pod_sc.supplemental_groups or []:
+        args += ["--group-add", str(extra)]
+    if sc.read_only_root_filesystem:
+        # Kubernetes adds no writable /tmp; only the pod's volumes are writable.
+        args += ["--read-only", "--read-only-tmpfs=false"]
+    if sc.privileged:
+        args.append("--privileged")
+    if sc.allow_privilege_escalation is False:
+        args += ["--security-opt", "no-new-privileges"]
+    caps = sc.capabilities
+    for cap in (caps.drop if caps else None) or []:
+        args += ["--cap-drop", cap]
+    for cap in (caps.add if caps else None) or []:
+        args += ["--cap-add", cap]
+    seccomp = sc.seccomp_profile or pod_sc.seccomp_profile
+    if seccomp is not None and seccomp.type == "Unconfined":
+        args += ["--security-opt", "seccomp=unconfined"]
+    return args
+
+
+def _limit_args(container: client.V1Container) -> list[str]:
+    """Memory and CPU limits, CPU clamped to this machine (podman refuses more)."""
+    limits = (container.resources.limits if container.resources else None) or {}
+    args: list[str] = []
+    if "memory" in limits:
+        args += ["--memory", str(_quantity(str(limits["memory"])))]
+    if "cpu" in limits:
+        cpus = min(_quantity(str(limits["cpu"])), float(os.cpu_count() or 1))
+        args += ["--cpus", f"{cpus:g}"]
+    return args
+
+
+_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+}  # fmt: skip
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes quantity (``16Gi``, ``500m``, ``2``) as a number."""
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", text.strip())
+    if not match or (match.group(2) and match.group(2) not in _SUFFIXES):
+        raise _ConfigError(f"cannot read the quantity {text!r}")
+    return float(match.group(1)) * _SUFFIXES.get(match.group(2), 1)
+
+
+def _mount_args(container: client.V1Container, volumes: Mapping[str, _Volume]) -> list[str]:
+    """Bind mounts for the container's volumeMounts; subPaths stay inside their volume."""
+    args: list[str] = []
+    for mount in container.volume_mounts or []:
+        if mount.name not in volumes:
+            raise _ConfigError(f"volume {mount.name} is not defined in the pod")
+        volume = volumes[mount.name]
+        source = volume.path
+        if mount.sub_path:
+            source = (source / mount.sub_path).resolve()
+            if not source.is_relative_to(volume.path.resolve()):
+                raise _ConfigError(f"subPath {mount.sub_path} leaves volume {mount.name}")
+            source.mkdir(parents=True, exist_ok=True)
+        spec = f"type=bind,src={source},dst={mount.mount_path}"
+        if mount.read_only or volume.read_only:
+            spec += ",ro=true"
+        args += ["--mount", spec]
+    return args
+
+
+def _inspect_and_remove(name: str) -> dict[str, Any] | None:
+    """The ended container's state (OOMKilled among it); the container is removed."""
+    found = subprocess.run(
+        [*PODMAN, "container", "inspect", "--format", "json", name],
+        capture_output=True,
+        check=False,
+    )
+    subprocess.run([*PODMAN, "rm", "--force", name], capture_output=True, check=False)
+    if found.returncode != 0:
+        return None
+    state: dict[str, Any] = json.loads(found.stdout)[0].get("State") or {}
+    return state
+
+
+def _selects(selector: client.V1LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    """Whether a label selector matches (an empty selector matches every pod)."""
+    if selector is None:
+        return True
+    for key, value in (selector.match_labels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.match_expressions or []:
+        present, value = expr.key in labels, labels.get(expr.key)
+        matched = {
+            "In": present and value in (expr.values or []),
+            "NotIn": not present or value not in (expr.values or []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }.get(expr.operator, False)
+        if not matched:
+            return False
+    return True
 
 
 def _memory_kib() -> int:
@@ -678,10 +952,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_term(signum: int, _frame: object) -> None:
         runner.stopping.set()
-        for run in list(runner.runs.values()):
-            runner._kill(run, grace=2.0)
-        # Give the kill a moment, then leave; the control plane is going away too.
-        time.sleep(0.5)
+        names = [name for run in list(runner.runs.values()) for name in list(run.containers)]
+        if names:  # a stopped node takes its containers with it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(
+                    [*PODMAN, "rm", "--force", "--time", "2", *names],
+                    capture_output=True,
+                    timeout=20,
+                    check=False,
+                )
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)

@@ -1,8 +1,10 @@
 """End to end: a founder applied as a manifest is imported, evaluated and signed by real Jobs.
 
 The operator runs against the real control plane; its Jobs land on the local pod runner's node,
-which executes them as processes here: the trainer imports and seals the founder, the harness
-evaluates it on a real suite, and the operator signs artifact and scorecard in its own process.
+which runs them as containers of the trainer image that `make images` built (no network, a
+read-only root, non-root): the trainer imports and seals the founder, the harness evaluates it
+on a real suite, and the operator signs artifact and scorecard in its own process. The inputs
+(founder files, datasets) lie in the artifact store's volume, the only one a step pod mounts.
 ``studbook verify`` then checks the artifact the way a user would.
 """
 
@@ -16,9 +18,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from studbook_trainer import __version__
 from studbook_trainer.evaluation import bytes_digest
 from studbook_trainer.operators.simple import directory_id
 from tests.builders import Body
+from tests.cluster.images import image
 from tests.keys import ec_key
 from tests.operator_fixtures import OperatorProcess, apply, descendant_status, wait_for
 from tests.unit.evaluation import _fixtures as fx
@@ -51,7 +55,7 @@ def _suite(tmp_path: Path) -> dict[str, Any]:
     }
     body = Body.of("suite")
     for i, entry in enumerate(body.manifest["spec"]["datasets"]):
-        path = files[entry["name"]]
+        path = _share(files[entry["name"]])
         body.set(f"spec.datasets.{i}.uri", path.as_uri())
         body.set(f"spec.datasets.{i}.digest", bytes_digest(path.read_bytes()))
     body.set("spec.bootstrap", {"samples": 100, "confidence": 0.95})
@@ -78,10 +82,26 @@ def _no_signing_in(kube: client.ApiClient, namespace: str) -> None:
     assert jobs and not any("-sign-" in j.metadata.name for j in jobs)
 
 
-def _governance_and_founder(kube: client.ApiClient, namespace: str, tmp_path: Path) -> Body:
+def _inputs(operator: OperatorProcess) -> Path:
+    """Where the test's inputs go: inside the store's volume, which step pods mount."""
+    inputs = operator.store / "inputs"
+    inputs.mkdir(exist_ok=True)
+    return inputs
+
+
+def _share(path: Path) -> Path:
+    """Make written inputs readable by the step pods' user, as files put on a shared volume."""
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    return path
+
+
+def _governance_and_founder(
+    kube: client.ApiClient, namespace: str, tmp_path: Path, inputs: Path
+) -> Body:
     """Apply a policy trusting the operator's signing key and a suite on real data; return the
     founder's manifest, a MiniLM classifier imported on the local runner."""
-    founder_dir = fx.base_classifier(tmp_path / "founder")
+    founder_dir = _share(fx.base_classifier(inputs / "founder"))
     public = (tmp_path / "trusted.pem").read_text()
     policy = (
         Body.of("policy")
@@ -99,7 +119,7 @@ def _governance_and_founder(kube: client.ApiClient, namespace: str, tmp_path: Pa
         )
     )
     apply(kube, namespace, policy.set("spec.evaluationGates", {}).manifest)
-    apply(kube, namespace, _suite(tmp_path))
+    apply(kube, namespace, _suite(inputs))
     return (
         Body.of("founder-import")
         .set("spec.operator.import.uri", str(founder_dir))
@@ -112,7 +132,8 @@ def _governance_and_founder(kube: client.ApiClient, namespace: str, tmp_path: Pa
 def test_founder_manifest_ends_ready_signed_and_evaluated(
     kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    founder = _governance_and_founder(kube, namespace, tmp_path)
+    inputs = _inputs(operator)
+    founder = _governance_and_founder(kube, namespace, tmp_path, inputs)
     apply(kube, namespace, founder.manifest)
 
     def finished() -> dict[str, Any] | None:
@@ -125,6 +146,9 @@ def test_founder_manifest_ends_ready_signed_and_evaluated(
     artifact = status["artifact"]
     assert artifact["id"].startswith("sha256:") and artifact["signer"].startswith("key:")
     assert status["lineage"]["operator"] == "import"
+    # The Job pinned the trainer image by digest: the lineage names exactly that build.
+    digest = image("trainer").partition("@")[2]
+    assert status["lineage"]["codeVersion"] == f"{__version__}@{digest}"
     assert status["scorecard"]["verdict"] == "pass"
     assert "sentiment-gate/accuracy" in status["scorecard"]["metrics"]
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
@@ -165,7 +189,7 @@ def _training_data(tmp_path: Path, niche: str) -> dict[str, Any]:
         {"text": r["text"], "label": fx.LABELS.index(r["label"])}
         for r in fx.splits(niche, {"train": 64, "gate": 24, "holdout": 12, "optimize": 12})["train"]
     ]
-    path = fx.write_jsonl(tmp_path / f"{niche}-train.jsonl", records)
+    path = _share(fx.write_jsonl(tmp_path / f"{niche}-train.jsonl", records))
     return {"name": f"{niche}-train", "uri": str(path), "digest": bytes_digest(path.read_bytes())}
 
 
@@ -200,7 +224,8 @@ def _lora(name: str, niche: str, data: dict[str, Any]) -> dict[str, Any]:
 def test_lora_specialists_and_their_ties_merge_end_ready_signed_and_evaluated(
     kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    founder = _governance_and_founder(kube, namespace, tmp_path)
+    inputs = _inputs(operator)
+    founder = _governance_and_founder(kube, namespace, tmp_path, inputs)
     merge = (
         Body.of("ties-merge")
         .set("spec.operator.merge.overrides", [])
@@ -211,9 +236,9 @@ def test_lora_specialists_and_their_ties_merge_end_ready_signed_and_evaluated(
     apply(
         kube,
         namespace,
-        _lora("minilm-sentiment", "sentiment", _training_data(tmp_path, "sentiment")),
+        _lora("minilm-sentiment", "sentiment", _training_data(inputs, "sentiment")),
     )
-    apply(kube, namespace, _lora("minilm-topic", "topic", _training_data(tmp_path, "topic")))
+    apply(kube, namespace, _lora("minilm-topic", "topic", _training_data(inputs, "topic")))
     apply(kube, namespace, founder.manifest)
 
     names = ["minilm-base", "minilm-sentiment", "minilm-topic", "minilm-sentiment-topic-ties"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from studbook.controllers.webhook import CONFIGURATION, SERVICE_PORT
+from studbook.k8s.jobs import NON_ROOT_UID
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
 from tests.cluster.fixtures import (
@@ -33,6 +35,7 @@ from tests.cluster.fixtures import (
     service_account_client,
     service_account_token,
 )
+from tests.cluster.images import image
 from tests.manifests import example
 from tests.operator_fixtures import (
     REPO,
@@ -57,9 +60,15 @@ LOCAL_TOLERATION = {
 }
 
 
-def _render(release: str, namespace: str, watched: str | None) -> list[dict[str, Any]]:
-    """``helm template`` of the chart with its default values, or else watching one namespace."""
+def _render(
+    release: str, namespace: str, watched: str | None, built: bool = False
+) -> list[dict[str, Any]]:
+    """``helm template`` of the chart with its default values, or else watching one namespace;
+    ``built`` sets the images to those `make images` built, as a user sets their registry's."""
     values = [] if watched is None else ["--set", f"watchNamespaces={{{watched}}}"]
+    if built:
+        values += ["--set", f"image.operator={image('operator')}"]
+        values += ["--set", f"image.trainer={image('trainer')}"]
     rendered = subprocess.run(
         [str(helm_binary()), "template", release, str(CHART), "--namespace", namespace, *values],
         capture_output=True,
@@ -131,7 +140,7 @@ def _installed(
     release = f"sb-{namespace[-6:]}"
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": home}})
     apply_peering_crds(kube)
-    objects = _render(release, home, watched)
+    objects = _render(release, home, watched, built=True)
     if without is not None:
         role = next(o for o in objects if o["kind"] == without[0])
         role["rules"].remove(_rule(objects, without))
@@ -151,6 +160,7 @@ def _installed(
                 (tls / key).write_bytes(base64.b64decode(value))
         store = tmp_path / "store"
         store.mkdir()
+        os.chown(store, NON_ROOT_UID, NON_ROOT_UID)
         kubeconfig = _token_kubeconfig(cluster, kube, pod["serviceAccountName"], home)
         # The chart's settings, but where the store is: a directory here, not the pod's volume.
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -397,8 +407,7 @@ def _everything(
     jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
     assert [j.metadata.name for j in jobs] == [f"{name}-breed-1"]
     # The chart's values reach the Jobs.
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert jobs[0].spec.template.spec.containers[0].image == values["image"]["trainer"]
+    assert jobs[0].spec.template.spec.containers[0].image == image("trainer")
     policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
     assert [p.metadata.name for p in policies] == ["studbook-steps"]
     reasons = {

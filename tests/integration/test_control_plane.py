@@ -10,7 +10,6 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -20,9 +19,6 @@ from kubernetes.client.exceptions import ApiException
 from tests.cluster.controlplane import (
     FAKE_NODES,
     GPU_RESOURCE,
-    LOCAL_NODE,
-    LOCAL_NODE_LABEL,
-    LOCAL_NODE_TAINT,
     ControlPlane,
 )
 from tests.cluster.fixtures import grant, load_crds, service_account_client
@@ -67,12 +63,6 @@ def job_body(name: str, container: dict[str, Any], **pod_spec: Any) -> dict[str,
             "template": {"spec": {"restartPolicy": "Never", "containers": [container], **pod_spec}},
         },
     }
-
-
-LOCAL_PLACEMENT: dict[str, Any] = {
-    "nodeSelector": {LOCAL_NODE_LABEL[0]: LOCAL_NODE_LABEL[1]},
-    "tolerations": [{**LOCAL_NODE_TAINT, "operator": "Equal"}],
-}
 
 
 def test_every_crd_applies_and_is_established(
@@ -189,115 +179,6 @@ def test_service_account_without_rights_gets_403(
         with pytest.raises(ApiException) as still_refused:
             client.CoreV1Api(as_nobody).list_namespaced_secret(namespace)
         assert still_refused.value.status == 403
-
-
-@pytest.mark.parametrize("exit_code", [0, 3])
-def test_pod_runner_runs_a_real_command_and_reports_its_exit_code(
-    kube: client.ApiClient, namespace: str, tmp_path: Path, exit_code: int
-):
-    core = client.CoreV1Api(kube)
-    script = (
-        "import os, pathlib, sys;"
-        "pathlib.Path('out/result.txt').write_text(os.environ['GREETING'] + ' ' + os.getcwd());"
-        f"print('exiting with', {exit_code}); sys.exit({exit_code})"
-    )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "local"},
-        "spec": {
-            "restartPolicy": "Never",
-            **LOCAL_PLACEMENT,
-            "volumes": [{"name": "work", "hostPath": {"path": str(tmp_path)}}],
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "ignored:latest",
-                    "command": ["python", "-c", script],
-                    "env": [{"name": "GREETING", "value": "hello from $(POD_NAME)"}],
-                    "workingDir": "/workspace",
-                    "volumeMounts": [{"name": "work", "mountPath": "/workspace"}],
-                }
-            ],
-        },
-    }
-    pod["spec"]["containers"][0]["env"].insert(
-        0, {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-    )
-    (tmp_path / "out").mkdir()
-    core.create_namespaced_pod(namespace, pod)
-
-    def finished() -> client.V1Pod | None:
-        current = core.read_namespaced_pod_status("local", namespace)
-        return current if current.status.phase in ("Succeeded", "Failed") else None
-
-    done = wait_for("the local pod to finish", finished)
-    assert done.spec.node_name == LOCAL_NODE
-    assert done.status.phase == ("Succeeded" if exit_code == 0 else "Failed")
-    terminated = done.status.container_statuses[0].state.terminated
-    assert terminated.exit_code == exit_code
-    assert terminated.reason == ("Completed" if exit_code == 0 else "Error")
-    # The process really ran here, in the mounted directory, with the pod's env.
-    assert (tmp_path / "out" / "result.txt").read_text() == f"hello from local {tmp_path}"
-
-
-def test_deleting_a_local_pod_stops_its_process(
-    kube: client.ApiClient, namespace: str, tmp_path: Path
-):
-    core = client.CoreV1Api(kube)
-    script = "import os, time; open('/work/pid', 'w').write(str(os.getpid())); time.sleep(600)"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "sleeper"},
-        "spec": {
-            "restartPolicy": "Never",
-            **LOCAL_PLACEMENT,
-            "volumes": [{"name": "work", "hostPath": {"path": str(tmp_path)}}],
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "ignored:latest",
-                    "command": ["python", "-c", script],
-                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
-                }
-            ],
-        },
-    }
-    core.create_namespaced_pod(namespace, pod)
-    pid_file = tmp_path / "pid"
-    wait_for("the process to start", lambda: pid_file.exists() and pid_file.read_text())
-    pid = int(pid_file.read_text())
-
-    core.delete_namespaced_pod("sleeper", namespace)
-
-    def pod_gone() -> bool:
-        try:
-            core.read_namespaced_pod("sleeper", namespace)
-        except ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for("the runner to finish the pod's deletion", pod_gone, timeout=30)
-    wait_for("the process to end", lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
-
-
-@pytest.mark.parametrize(("exit_code", "outcome"), [(0, "Complete"), (1, "Failed")])
-def test_job_on_the_local_node_runs_for_real(
-    kube: client.ApiClient, namespace: str, exit_code: int, outcome: str
-):
-    batch = client.BatchV1Api(kube)
-    container = {
-        "name": "train",
-        "image": "ignored:latest",
-        "command": ["python", "-c", f"import sys; sys.exit({exit_code})"],
-        "resources": {"limits": {GPU_RESOURCE: "1"}},
-    }
-    batch.create_namespaced_job(namespace, job_body("local-train", container, **LOCAL_PLACEMENT))
-    assert (
-        wait_for("the Job to finish", lambda: job_condition(batch, "local-train", namespace))
-        == outcome
-    )
 
 
 # -- the API server enforces the CRDs' schemas and CEL rules ---------------------------------

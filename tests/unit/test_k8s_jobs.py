@@ -9,6 +9,7 @@ import pytest
 from tests.builders import Body
 
 from studbook.api import Descendant, reasons
+from studbook.api.task import IMAGE_ENV
 from studbook.breeding.flow import job_name
 from studbook.controllers.view import indexed_job
 from studbook.k8s.jobs import (
@@ -223,3 +224,21 @@ def test_why_a_job_runs_no_pod() -> None:
     assert pod_stuck(secret)[0] == reasons.CONTAINER_CONFIG_ERROR  # type: ignore[index]
     creating = {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "Pulling"}}}]}}
     assert pod_stuck(creating) is None and pod_stuck({}) is None
+
+
+def test_step_pods_are_told_their_image_and_the_lineage_names_its_digest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from studbook_trainer import __version__
+    from studbook_trainer.steps import code_version
+
+    digest = "sha256:" + "0f" * 32
+    pinned = JobSettings(trainer_image=f"localhost/studbook-trainer@{digest}", artifact_volume={})
+    env = _pod(job(_descendant(), "breed", 1, pinned, TASK))["containers"][0]["env"]
+    (image,) = [e["value"] for e in env if e["name"] == IMAGE_ENV]
+    monkeypatch.setenv(IMAGE_ENV, image)
+    assert code_version() == f"{__version__}@{digest}"
+    # A tag can move, so it names nothing more than the version; nor does a malformed digest.
+    for unpinned in (SETTINGS.trainer_image, "trainer@sha256:xyz", f"trainer@{digest}/../x"):
+        monkeypatch.setenv(IMAGE_ENV, unpinned)
+        assert code_version() == __version__, unpinned

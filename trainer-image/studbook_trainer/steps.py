@@ -8,6 +8,8 @@ its output in the store: a sealed package, or a scorecard, plus the step's resul
 from __future__ import annotations
 
 import logging
+import os
+import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile, ScorecardSummary
 from studbook.api.task import (
+    IMAGE_ENV,
     BreedResultFile,
     BreedTask,
     EvaluateResultFile,
@@ -64,7 +67,7 @@ def breed(task: BreedTask) -> BreedResultFile:
             operator=task.operator.kind,
             config_hash=digest_of(task.operator.content_config()),
             dataset_digests={d.name: d.digest for d in task.data},
-            code_version=__version__,
+            code_version=code_version(),
         )
         manifest = store.seal(output, lineage)
         created = datetime.now(UTC)
@@ -81,13 +84,24 @@ def breed(task: BreedTask) -> BreedResultFile:
             operator=task.operator.kind,
             config_hash=lineage.config_hash,
             data_digests=[d.digest for d in task.data],
-            code_version=__version__,
+            code_version=code_version(),
             created_at=created,
         ),
         profile=ResourceProfile(size_bytes=manifest.size),
     )
     write_result(task.result, result)
     return result
+
+
+def code_version() -> str:
+    """The trainer's version, with the image's digest where the Job pinned the image by one.
+
+    A tag can be moved; a digest names exactly the code that bred an artifact.
+    """
+    _, at, digest = os.environ.get(IMAGE_ENV, "").partition("@")
+    if at and re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        return f"{__version__}@{digest}"
+    return __version__
 
 
 def _uniform_merge(parents: list[ModelRef], names: list[str], scratch: Path) -> ModelRef | None:

@@ -251,8 +251,9 @@ class LineageStatus(ApiModel):
     """SHA-256 of the canonical JSON of the operator config."""
     data_digests: Annotated[list[Digest], Field(max_length=64)] = []
     """Digests of the datasets breeding read."""
-    code_version: Annotated[str, Field(max_length=64)]
-    """The Studbook trainer version that bred it."""
+    code_version: Annotated[str, Field(max_length=128)]
+    """The Studbook trainer version that bred it, with the digest of the trainer image
+    (``0.1.0@sha256:...``) where the Job pinned its image by digest."""
     created_at: datetime
     """When the artifact was sealed, in UTC."""
 

@@ -29,6 +29,9 @@ that, so the step fails at once. Either way the step's last words, one sentence,
 termination message (``/dev/termination-log`` on a cluster)."""
 TERMINATION_LOG_ENV: Final = "STUDBOOK_TERMINATION_LOG"
 """Names the file a step writes its termination message to, where Kubernetes mounts none."""
+IMAGE_ENV: Final = "STUDBOOK_IMAGE"
+"""The image reference a step's pod runs, as the operator wrote it into the pod spec: the
+lineage's codeVersion names the image's digest where the reference pins one."""
 
 
 class ParentArtifact(ApiModel):

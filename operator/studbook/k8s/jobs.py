@@ -16,6 +16,7 @@ from studbook import GROUP
 from studbook.api import reasons
 from studbook.api.descendant import Descendant, JobPhase, Step
 from studbook.api.policy import LABEL_GPU_PRODUCT
+from studbook.api.task import IMAGE_ENV
 from studbook.breeding.flow import job_name
 
 Body = dict[str, Any]
@@ -73,6 +74,7 @@ def job_phase(job: Body) -> JobPhase:
 WAITING_REASONS = {
     "ErrImagePull": reasons.IMAGE_PULL_FAILED,
     "ImagePullBackOff": reasons.IMAGE_PULL_FAILED,
+    "ErrImageNeverPull": reasons.IMAGE_PULL_FAILED,
     "InvalidImageName": reasons.IMAGE_PULL_FAILED,
     "CreateContainerConfigError": reasons.CONTAINER_CONFIG_ERROR,
     "CreateContainerError": reasons.CONTAINER_CONFIG_ERROR,
@@ -180,7 +182,11 @@ def job(
         {"name": "scratch", "mountPath": "/tmp"},
         {"name": "artifacts", "mountPath": settings.store_mount},
     ]
-    env = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+    env = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": IMAGE_ENV, "value": settings.trainer_image},
+    ]
     env += [{"name": key, "value": value} for key, value in settings.extra_env]
     pod_spec: Body = {
         "restartPolicy": "Never",
