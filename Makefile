@@ -78,6 +78,7 @@ lint: venv check-crds
 cluster-bins:
 	nice -n 10 tests/cluster/build.sh
 	nice -n 10 tests/cluster/build.sh helm
+	nice -n 10 tests/cluster/build.sh prometheus
 
 # The operator and trainer images, built with podman from a Debian base (images/build.sh). Their
 # base and dependency layers are cached in podman's store by the lock's hash; only the source

@@ -108,6 +108,16 @@ done
 
 for name in operator trainer; do build_app "$name" "${DEPS[$name]}"; done
 
+# Layers of earlier locks or recipes, and the untagged images rebuilds leave, are only disk use
+# (the trainer's dependencies are gigabytes): keep the current ones.
+keep=" $BASE ${DEPS[operator]} ${DEPS[trainer]} "
+podman_ images --format '{{.Repository}}:{{.Tag}}' \
+  | grep -E '^localhost/studbook-(base|operator-deps|trainer-deps):' \
+  | while read -r ref; do
+      [[ "$keep" == *" $ref "* ]] || { log "removing stale $ref"; podman_ rmi "$ref" >/dev/null || true; }
+    done
+podman_ image prune --force >/dev/null
+
 python3 - "$VERSION" > images/built.json <<'PY'
 import json, subprocess, sys, shutil
 version = sys.argv[1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (or reuse) the test control plane's binaries: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler (from go/, pinned by versions.env) and kwok; or, with
-# the argument `helm`, Helm.
+# the argument `helm`, Helm; or, with `prometheus`, Prometheus and promtool.
 #
 # Binaries live outside the clone in a directory keyed by the pins, so every clone and every CI
 # run on a warm machine reuses them; they are rebuilt only when that directory is incomplete.
@@ -35,6 +35,40 @@ if [[ "${1:-}" == helm ]]; then
         trap - EXIT
     fi
     echo "$helm_dir"
+    exit 0
+fi
+if [[ "${1:-}" == prometheus ]]; then
+    prom_dir="$cache/prometheus/${PROMETHEUS_VERSION}_$(go env GOVERSION)"
+    if [[ ! -f "$prom_dir/.complete" ]]; then
+        echo "building prometheus $PROMETHEUS_VERSION into $prom_dir" >&2
+        mkdir -p "$(dirname "$prom_dir")"
+        staging=$(mktemp -d "$prom_dir.tmp.XXXXXX")
+        trap 'rm -rf "$staging"' EXIT
+        start=$(date +%s)
+        # The Go module v0.3MM.P is Prometheus 3.MM.P; stamped so `--version` names the release.
+        minor=${PROMETHEUS_VERSION#v0.3}
+        minor=$((10#${minor%%.*}))
+        release="3.$minor.${PROMETHEUS_VERSION##*.}"
+        build_date=$(GOFLAGS= go list -m -f '{{.Time.UTC.Format "20060102-15:04:05"}}' \
+            "github.com/prometheus/prometheus@$PROMETHEUS_VERSION")
+        pkg=github.com/prometheus/common/version
+        ldflags="-s -w -X $pkg.Version=$release -X $pkg.Branch=HEAD -X $pkg.BuildUser=studbook"
+        ldflags+=" -X $pkg.BuildDate=$build_date"
+        # No builtinassets tag: the web UI is left out, the HTTP API is all the tests use.
+        GOBIN="$staging" GOFLAGS= go install -trimpath -ldflags "$ldflags" \
+            "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+            "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+        for bin in prometheus promtool; do
+            [[ -x "$staging/$bin" ]] || { echo "missing $bin after build" >&2; exit 1; }
+        done
+        printf 'prometheus=%s release=%s go=%s seconds=%s\n' "$PROMETHEUS_VERSION" "$release" \
+            "$(go env GOVERSION)" "$(($(date +%s) - start))" >"$staging/.complete"
+        rm -rf "$prom_dir"
+        mv "$staging" "$prom_dir"
+        trap - EXIT
+        echo "built in $(($(date +%s) - start)) s" >&2
+    fi
+    echo "$prom_dir"
     exit 0
 fi
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 BUILT = Path(__file__).resolve().parents[2] / "images" / "built.json"
 
@@ -13,10 +14,16 @@ class ImagesMissing(RuntimeError):
     """The images were not built in this clone."""
 
 
-def image(name: str) -> str:
-    """The pinned reference (``repo@sha256:...``) of the built ``operator`` or ``trainer``."""
+def built(name: str) -> dict[str, Any]:
+    """What the build recorded of the ``operator`` or ``trainer`` image: ref, id, digest..."""
     try:
-        built = json.loads(BUILT.read_text())
+        images = json.loads(BUILT.read_text())
     except FileNotFoundError:
         raise ImagesMissing(f"{BUILT} is missing: run `make images` first") from None
-    return str(built[name]["pinned"])
+    record: dict[str, Any] = images[name]
+    return record
+
+
+def image(name: str) -> str:
+    """The pinned reference (``repo@sha256:...``) of the built ``operator`` or ``trainer``."""
+    return str(built(name)["pinned"])

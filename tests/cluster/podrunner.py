@@ -62,6 +62,8 @@ PODMAN = ("podman", "--runtime", shutil.which("runc") or "runc", "--cgroup-manag
 # Without explicit limits runc cannot set them here; these stay under this machine's hard limits.
 ULIMITS = ("--ulimit", "nofile=16384:16384", "--ulimit", "nproc=8192:8192")
 LABEL_POD_UID = "io.kubernetes.pod.uid"
+LABEL_RUNNER = "dev.studbook.podrunner.root"
+"""Marks the containers of one runner, so a stopping runner removes every one of them."""
 IMAGE_RECHECK_SECONDS = 5.0
 HEARTBEAT_SECONDS = 10.0
 MERGE_PATCH = "application/merge-patch+json"
@@ -398,6 +400,8 @@ class PodRunner:
             name,
             "--pull",
             "never",
+            "--label",
+            f"{LABEL_RUNNER}={self.root}",
             "--label",
             f"{LABEL_POD_UID}={run.uid}",
             "--label",
@@ -952,15 +956,22 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_term(signum: int, _frame: object) -> None:
         runner.stopping.set()
-        names = [name for run in list(runner.runs.values()) for name in list(run.containers)]
-        if names:  # a stopped node takes its containers with it
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subprocess.run(
-                    [*PODMAN, "rm", "--force", "--time", "2", *names],
-                    capture_output=True,
-                    timeout=20,
-                    check=False,
-                )
+        # A stopped node takes its containers with it, running or just ended.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [
+                    *PODMAN,
+                    "rm",
+                    "--force",
+                    "--time",
+                    "2",
+                    "--filter",
+                    f"label={LABEL_RUNNER}={runner.root}",
+                ],
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)

@@ -297,7 +297,9 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
             *roles,
             "Deployment",
             peering_kind,
+            "PodDisruptionBudget",
             "Secret",
+            "Service",
             "Service",
             "ServiceAccount",
         ]
@@ -560,7 +562,11 @@ def test_the_charts_webhook_is_announced_through_its_service_with_its_ca(
         configuration = client.AdmissionregistrationV1Api(
             kube
         ).read_validating_webhook_configuration(CONFIGURATION)
-        (service,) = [o for o in objects if o["kind"] == "Service"]
+        (service,) = [
+            o
+            for o in objects
+            if o["kind"] == "Service" and o["metadata"]["name"].endswith("-webhook")
+        ]
         (secret,) = [o for o in objects if o["kind"] == "Secret"]
         home, name = service["metadata"]["namespace"], service["metadata"]["name"]
         for webhook in configuration.webhooks:

@@ -64,3 +64,28 @@ def test_a_scorecard_the_pod_points_elsewhere_is_not_opened(tmp_path: Path) -> N
     gates = EvaluationGates(min_metrics={"sentiment-gate/accuracy": 0.8})
     _, evaluation, _ = step_results(store, "ns", "d", JOBS, gates)
     assert evaluation is None
+
+
+def test_a_scorecard_is_bound_to_the_jobs_location_as_the_job_sees_the_store(
+    tmp_path: Path,
+) -> None:
+    # The chart mounts the store's volume at one path in the operator and another in Jobs: the
+    # pod names its card in its own terms, and the operator opens that location in its own.
+    store, job_store = str(tmp_path / "store"), "/work"
+    own_here = scorecard_uri(result_uri(store, "ns", "d", "evaluate", 1))
+    own_in_job = scorecard_uri(result_uri(job_store, "ns", "d", "evaluate", 1))
+    _card(own_here, 0.5)
+    _evaluated(store, "d", own_in_job)
+
+    def reachable(uri: str) -> str:
+        return store + uri.removeprefix(job_store)
+
+    gates = EvaluationGates(min_metrics={"sentiment-gate/accuracy": 0.8})
+    _, evaluation, _ = step_results(store, "ns", "d", JOBS, gates, reachable, job_store)
+    assert evaluation is not None
+    assert evaluation.scorecard.metrics == {"sentiment-gate/accuracy": 0.5}
+    assert evaluation.scorecard.uri == own_in_job
+    # In the operator's terms, the same card is not where the Job was told to write.
+    _evaluated(store, "d", own_here)
+    _, refused, _ = step_results(store, "ns", "d", JOBS, gates, reachable, job_store)
+    assert refused is None

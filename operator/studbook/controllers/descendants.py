@@ -214,6 +214,7 @@ class Controller:
             jobs,
             policy.spec.evaluation_gates,
             self._store_uri,
+            self.settings.job_store,
         )
         return Observed(
             name=name,
@@ -388,11 +389,9 @@ class Controller:
 
     def _store_uri(self, job_uri: str) -> str:
         """A URI the Jobs wrote, as the operator reaches it."""
-        if job_uri.startswith(self.settings.job_store):
-            return (
-                self.settings.store.rstrip("/")
-                + job_uri[len(self.settings.job_store.rstrip("/")) :]
-            )
+        job_store = self.settings.job_store.rstrip("/")
+        if job_uri == job_store or job_uri.startswith(job_store + "/"):
+            return self.settings.store.rstrip("/") + job_uri[len(job_store) :]
         return job_uri
 
     # -- acting ---------------------------------------------------------------------------

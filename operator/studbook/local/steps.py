@@ -91,17 +91,19 @@ def step_results(
     jobs: Mapping[tuple[Step, int], JobObservation],
     gates: EvaluationGates,
     reachable: Callable[[str], str] = lambda uri: uri,
+    job_store: str | None = None,
 ) -> tuple[BreedResult | None, EvaluateResult | None, SignResult | None]:
     """What the finished steps of a descendant left in the store, as the flow takes it.
 
     Only the latest succeeded attempt of a step counts. The scorecard is read back and gated by
-    the policy here, outside the pod that computed it; ``reachable`` maps a URI as the step wrote
-    it to one the caller can open.
+    the policy here, outside the pod that computed it. ``job_store`` is the store as the steps
+    see it (default: ``store``), and ``reachable`` maps a URI as a step wrote it to one the
+    caller can open.
     """
 
-    def latest_uri(step: Step) -> str | None:
+    def latest_uri(step: Step, seen_from: str = store) -> str | None:
         done = [a for (s, a), job in jobs.items() if s == step and job.phase == "Succeeded"]
-        return result_uri(store, namespace, name, step, max(done)) if done else None
+        return result_uri(seen_from, namespace, name, step, max(done)) if done else None
 
     def latest(step: Step, model: type[M]) -> M | None:
         uri = latest_uri(step)
@@ -117,7 +119,8 @@ def step_results(
     evaluated = latest("evaluate", EvaluateResultFile)
     signed = latest("sign", SignResultFile)
     evaluation = None
-    evaluated_at = latest_uri("evaluate")
+    # Where the evaluate step was told to write, in its own terms, which its result must name.
+    evaluated_at = latest_uri("evaluate", job_store or store)
     if evaluated is not None and evaluated_at is not None:
         summary = evaluated.scorecard
         expected = scorecard_uri(evaluated_at)
