@@ -1,6 +1,7 @@
 """The Helm chart as rendered: its values schema, what each value does to the manifests, and
 every manifest accepted by the test control plane's API server (Kubernetes 1.37) under strict
-field validation, with default values and with every optional feature on.
+field validation, with default values, with every optional feature on and with cert-manager
+issuing the webhook's certificate; and, as Argo CD syncs it, a second sync that changes nothing.
 
 tests/integration/test_chart.py installs the chart and runs the operator with it; this file checks
 the manifests themselves.
@@ -12,6 +13,8 @@ import functools
 import json
 import re
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,14 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from studbook import metrics
+from studbook.controllers.webhook import WebhookOptions
 from tests.cluster.controlplane import ControlPlane, helm_binary
 from tests.cluster.fixtures import apply_crds, apply_peering_crds, load_crds
 from tests.operator_fixtures import REPO
 
 CHART = REPO / "charts" / "studbook"
 PROMETHEUS_OPERATOR_CRDS = REPO / "tests" / "cluster" / "vendor" / "prometheus-operator"
+CERT_MANAGER_CRDS = REPO / "tests" / "cluster" / "vendor" / "cert-manager"
 DOCS = REPO / "docs" / "chart.md"
 
 EVERYTHING_ON = (
@@ -51,6 +56,16 @@ EVERYTHING_ON = (
 )
 """Every optional feature on (with watchNamespaces, set per test)."""
 
+CERT_MANAGER = ("webhook.certManager.enabled=true",)
+"""cert-manager issues the webhook's certificate, from the chart's own CA."""
+CERT_MANAGER_ISSUER = (
+    *CERT_MANAGER,
+    "webhook.certManager.issuerRef.name=platform-ca",
+    "webhook.certManager.issuerRef.kind=ClusterIssuer",
+)
+"""cert-manager issues it from an issuer of the user's."""
+EVERYTHING_BUT_THE_TLS_SECRET = tuple(v for v in EVERYTHING_ON if "tlsSecret" not in v)
+
 
 @functools.cache
 def _helm_path() -> str:
@@ -61,12 +76,17 @@ def _helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([_helm_path(), *args], capture_output=True, text=True)
 
 
-def _render(namespace: str = "studbook-system", *values: str) -> list[dict[str, Any]]:
+def _template(namespace: str = "studbook-system", *values: str) -> str:
     """``helm template`` of the chart with ``--set`` ``values`` (its defaults otherwise)."""
     sets = [arg for value in values for arg in ("--set", value)]
     rendered = _helm("template", "sb", str(CHART), "--namespace", namespace, *sets)
     assert rendered.returncode == 0, rendered.stderr
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    return rendered.stdout
+
+
+def _render(namespace: str = "studbook-system", *values: str) -> list[dict[str, Any]]:
+    """The objects of :func:`_template`."""
+    return [doc for doc in yaml.safe_load_all(_template(namespace, *values)) if doc]
 
 
 def _one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -92,7 +112,8 @@ def test_helm_lint_strict_is_clean() -> None:
     everything = [
         a for v in ("watchNamespaces={ml-breeding}", *EVERYTHING_ON) for a in ("--set", v)
     ]
-    for options in ([], ["--strict"], ["--strict", *everything]):
+    cert_manager = [a for v in CERT_MANAGER_ISSUER for a in ("--set", v)]
+    for options in ([], ["--strict"], ["--strict", *everything], ["--strict", *cert_manager]):
         linted = _helm("lint", *options, str(CHART))
         assert linted.returncode == 0, linted.stdout + linted.stderr
         assert "[WARNING]" not in linted.stdout and "[ERROR]" not in linted.stdout, linted.stdout
@@ -314,6 +335,76 @@ def test_a_tls_secret_of_the_users_replaces_the_generated_one() -> None:
     assert _one(_render(), "Secret")["data"] != _one(generated, "Secret")["data"]
 
 
+def _webhook_tls_secret(objects: list[dict[str, Any]]) -> str:
+    template, _ = _operator(objects)
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "webhook-tls"]
+    return str(volume["secret"]["secretName"])
+
+
+def test_cert_manager_issues_the_webhooks_certificate_from_the_charts_own_ca() -> None:
+    objects = _render("studbook-system", *CERT_MANAGER)
+    assert not [o for o in objects if o["kind"] == "Secret"]  # cert-manager writes it
+    issuers = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Issuer"}
+    certificates = {
+        o["spec"]["secretName"]: o["spec"] for o in objects if o["kind"] == "Certificate"
+    }
+    for obj in objects:
+        if obj["kind"] in ("Issuer", "Certificate"):
+            assert obj["apiVersion"] == "cert-manager.io/v1"
+            assert obj["metadata"]["namespace"] == "studbook-system"
+    # The Secret the operator mounts is the serving certificate's, for the names the operator
+    # serves under (those the API server checks).
+    serving = certificates.pop(_webhook_tls_secret(objects))
+    _, container = _operator(objects)
+    (service,) = [
+        a.partition("=")[2] for a in container["args"] if a.startswith("--webhook-service=")
+    ]
+    assert serving["dnsNames"] == WebhookOptions(9443, service=service).names()
+    assert serving["dnsNames"][0] == "sb-webhook.studbook-system.svc"
+    assert "isCA" not in serving and "server auth" in serving["usages"]
+    # It is signed by the chart's CA Issuer, whose CA a self-signed Issuer signs: nothing else.
+    ((ca_secret, ca),) = certificates.items()
+    (selfsigned,) = [name for name, spec in issuers.items() if spec == {"selfSigned": {}}]
+    ref = serving["issuerRef"]
+    assert (ref["kind"], ref["group"]) == ("Issuer", "cert-manager.io")
+    assert issuers[ref["name"]] == {"ca": {"secretName": ca_secret}}
+    assert ca["isCA"] is True
+    assert ca["issuerRef"] == {"name": selfsigned, "kind": "Issuer", "group": "cert-manager.io"}
+    assert len(issuers) == 2
+
+
+def test_cert_manager_issues_it_from_an_issuer_of_the_users() -> None:
+    objects = _render("studbook-system", *CERT_MANAGER_ISSUER)
+    assert not [o for o in objects if o["kind"] in ("Secret", "Issuer")]
+    (serving,) = [o["spec"] for o in objects if o["kind"] == "Certificate"]
+    assert serving["secretName"] == _webhook_tls_secret(objects) == "sb-webhook-tls"
+    assert serving["issuerRef"] == {
+        "name": "platform-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [CERT_MANAGER, CERT_MANAGER_ISSUER, ("webhook.tlsSecret=from-cert-manager",)],
+    ids=["cert-manager", "cert-manager with an issuer", "a TLS secret"],
+)
+def test_helm_template_renders_the_same_bytes_every_time(values: tuple[str, ...]) -> None:
+    # What Argo CD compares with the live objects: one byte more and the application would show
+    # OutOfSync after every refresh.
+    everything = ("watchNamespaces={ml-breeding}", *EVERYTHING_BUT_THE_TLS_SECRET, *values)
+    assert _template("studbook-system", *everything) == _template("studbook-system", *everything)
+
+
+def test_a_tls_secret_and_cert_manager_together_are_refused() -> None:
+    both = ("webhook.tlsSecret=mine", *CERT_MANAGER)
+    rendered = _helm("template", "sb", str(CHART), *(a for v in both for a in ("--set", v)))
+    assert rendered.returncode != 0
+    said = "webhook.tlsSecret and webhook.certManager.enabled are both set: set one"
+    assert said in rendered.stderr, rendered.stderr
+
+
 def test_an_existing_service_account_is_bound_instead() -> None:
     objects = _render(
         "studbook-system",
@@ -411,15 +502,18 @@ def _validate(kube: client.ApiClient, obj: dict[str, Any], namespace: str) -> No
 
 
 @pytest.fixture
-def monitoring_crds(kube: client.ApiClient) -> None:
-    """prometheus-operator's ServiceMonitor and PrometheusRule CRDs, and kopf's peering ones."""
-    apply_crds(kube, load_crds(PROMETHEUS_OPERATOR_CRDS))
+def vendored_crds(kube: client.ApiClient) -> None:
+    """prometheus-operator's ServiceMonitor and PrometheusRule CRDs, cert-manager's Certificate
+    and Issuer ones, and kopf's peering ones."""
+    apply_crds(kube, load_crds(PROMETHEUS_OPERATOR_CRDS) + load_crds(CERT_MANAGER_CRDS))
     apply_peering_crds(kube)
 
 
 @pytest.mark.cluster
-@pytest.mark.usefixtures("monitoring_crds")
-@pytest.mark.parametrize("features", ["defaults", "everything on"])
+@pytest.mark.usefixtures("vendored_crds")
+@pytest.mark.parametrize(
+    "features", ["defaults", "everything on", "cert-manager", "cert-manager with an issuer"]
+)
 def test_the_api_server_accepts_every_rendered_object(
     kube: client.ApiClient, namespace: str, features: str
 ) -> None:
@@ -428,6 +522,13 @@ def test_the_api_server_accepts_every_rendered_object(
     try:
         if features == "defaults":
             objects = _render(home)
+        elif features.startswith("cert-manager"):
+            own_ca = features == "cert-manager"
+            objects = _render(home, *(CERT_MANAGER if own_ca else CERT_MANAGER_ISSUER))
+            kinds = [o["kind"] for o in objects]
+            assert kinds.count("Certificate") == (2 if own_ca else 1), kinds
+            assert kinds.count("Issuer") == (2 if own_ca else 0), kinds
+            assert "Secret" not in kinds
         else:
             objects = _render(home, f"watchNamespaces={{{namespace}}}", *EVERYTHING_ON)
             kinds = {o["kind"] for o in objects}
@@ -449,29 +550,121 @@ def test_the_api_server_accepts_every_rendered_object(
 
 
 @pytest.mark.cluster
-@pytest.mark.usefixtures("monitoring_crds")
+@pytest.mark.usefixtures("vendored_crds")
 def test_the_validation_refuses_an_unknown_field(kube: client.ApiClient, namespace: str) -> None:
-    # The check above could not pass by accident: an unknown field, in a core kind and in the
-    # ServiceMonitor (so its CRD's schema is the real one), is refused.
-    objects = _render(namespace, "metrics.serviceMonitor.enabled=true")
+    # The check above could not pass by accident: an unknown field, in a core kind, in the
+    # ServiceMonitor and in a Certificate (so their CRDs' schemas are the real ones), is refused.
+    objects = _render(namespace, "metrics.serviceMonitor.enabled=true", *CERT_MANAGER_ISSUER)
     deployment = _one(objects, "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {}
     monitor = _one(objects, "ServiceMonitor")
     monitor["spec"]["endpoints"][0]["intervall"] = "30s"
-    for obj in (deployment, monitor):
+    certificate = _one(objects, "Certificate")
+    certificate["spec"]["dnsName"] = certificate["spec"]["dnsNames"]
+    for obj in (deployment, monitor, certificate):
         with pytest.raises(ApiException) as refused:
             _validate(kube, obj, namespace)
         assert refused.value.status in (400, 422), refused.value.body
         assert "unknown field" in refused.value.body, refused.value.body
 
 
+ARGO_CD = "argocd-controller"
+"""The field manager Argo CD's application controller applies with."""
+
+
+def _key(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
+def _apply(dynamic: DynamicClient, obj: dict[str, Any]) -> str:
+    """Server-side apply ``obj`` as Argo CD does (its field manager, taking over conflicting
+    fields); the object's resourceVersion after it."""
+    resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    applied = resource.server_side_apply(
+        body=obj,
+        namespace=obj["metadata"].get("namespace"),
+        field_manager=ARGO_CD,
+        force_conflicts=True,
+    )
+    return str(applied.metadata.resourceVersion)
+
+
+def _resource_versions(dynamic: DynamicClient, objects: list[dict[str, Any]]) -> dict[str, str]:
+    versions = {}
+    for obj in objects:
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        live = resource.get(
+            name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace")
+        )
+        versions[_key(obj)] = str(live.metadata.resourceVersion)
+    return versions
+
+
+def _settled(read: Callable[[], dict[str, str]], quiet: float = 2.0, timeout: float = 60.0) -> Any:
+    """``read()`` once it has stayed the same for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while True:
+        time.sleep(quiet)
+        now = read()
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, f"still changing after {timeout:.0f}s: {now}"
+        last = now
+
+
 @pytest.mark.cluster
-@pytest.mark.parametrize("features", ["defaults", "everything on"])
+@pytest.mark.usefixtures("vendored_crds")
+def test_argo_cd_syncs_the_chart_and_a_second_sync_changes_nothing(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    # Argo CD renders with `helm template` at every refresh and server-side applies what it
+    # renders. With cert-manager issuing the certificate, a second sync must be a no-op: had the
+    # chart generated anything, the API server would store it again with a new resourceVersion.
+    # The release's names (cluster-scoped ones too) are this test's alone.
+    name = f"argo-{namespace[-6:]}"
+    values = (*CERT_MANAGER, f"fullnameOverride={name}", f"peering={name}")
+    objects = _render(namespace, *values)
+    kinds = {o["kind"] for o in objects}
+    assert {"Certificate", "Issuer", "Deployment", "ClusterRole"} <= kinds and "Secret" not in kinds
+    dynamic = DynamicClient(kube)
+    try:
+        for obj in objects:
+            _apply(dynamic, obj)
+        # The controllers (Deployment, ReplicaSet, PodDisruptionBudget) update statuses after the
+        # first sync; wait until they are done, so that only the sync could change anything.
+        before = _settled(lambda: _resource_versions(dynamic, objects))
+        again = _render(namespace, *values)
+        after = {_key(obj): _apply(dynamic, obj) for obj in again}
+        changed = {key: (before[key], after[key]) for key in before if after[key] != before[key]}
+        assert not changed, f"the second sync changed (resourceVersion before, after): {changed}"
+        # The comparison sees a change: an object that does differ gets a new resourceVersion.
+        service = _one(again, "Service", f"{name}-webhook")
+        service["metadata"]["annotations"] = {"example.com/changed": "true"}
+        assert _apply(dynamic, service) != before[_key(service)]
+    finally:
+        # The namespace fixture removes the rest.
+        for obj in objects:
+            if "namespace" not in obj["metadata"]:
+                resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+                try:
+                    resource.delete(name=obj["metadata"]["name"])
+                except ApiException as error:
+                    if error.status != 404:
+                        raise
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("features", ["defaults", "everything on", "cert-manager"])
 def test_the_notes_say_what_was_installed_and_how_to_check_it(
     cluster: ControlPlane, namespace: str, features: str
 ) -> None:
     # NOTES.txt renders only at install; a client-side dry run renders it without installing.
-    values = [] if features == "defaults" else ["watchNamespaces={ml-breeding}", *EVERYTHING_ON]
+    values = {
+        "defaults": [],
+        "everything on": ["watchNamespaces={ml-breeding}", *EVERYTHING_ON],
+        "cert-manager": list(CERT_MANAGER),
+    }[features]
     installed = _helm(
         "install",
         "sb",
@@ -492,6 +685,8 @@ def test_the_notes_say_what_was_installed_and_how_to_check_it(
         assert "watching all namespaces" in notes and "ClusterKopfPeering studbook" in notes
         assert "sb-webhook-tls (generated by the chart)" in notes
         assert "ServiceMonitor" not in notes and "dashboard" not in notes
+    elif features == "cert-manager":
+        assert "TLS from Secret sb-webhook-tls (issued by cert-manager);" in notes
     else:
         assert "watching the namespaces ml-breeding" in notes
         assert "ServiceMonitor sb-operator" in notes and "PrometheusRule" in notes

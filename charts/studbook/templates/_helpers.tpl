@@ -56,7 +56,7 @@ The operator's ServiceAccount: the chart's, or one that exists already.
 {{- end }}
 
 {{/*
-The webhook's TLS Secret: the user's, or the one the chart generates.
+The webhook's TLS Secret: the user's, or the one the chart generates or has cert-manager issue.
 */}}
 {{- define "studbook.webhookTlsSecret" -}}
 {{- default (printf "%s-webhook-tls" (include "studbook.fullname" .)) .Values.webhook.tlsSecret }}
