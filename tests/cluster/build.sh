@@ -21,18 +21,29 @@ if ! command -v go >/dev/null; then
 fi
 
 cache="${STUDBOOK_CACHE:-$HOME/.cache/studbook}"
+
+# `go install` of tools into a staging directory beside DIR, then publish_staged DIR swaps it in:
+# an interrupted build leaves DIR as it was.
+go_install_staged() {
+    local dir=$1 ldflags=$2
+    shift 2
+    mkdir -p "$(dirname "$dir")"
+    staging=$(mktemp -d "$dir.tmp.XXXXXX")
+    trap 'rm -rf "$staging"' EXIT
+    GOBIN="$staging" GOFLAGS= go install -trimpath -ldflags "$ldflags" "$@"
+}
+publish_staged() {
+    rm -rf "$1"
+    mv "$staging" "$1"
+    trap - EXIT
+}
+
 if [[ "${1:-}" == helm ]]; then
     helm_dir="$cache/helm/${HELM_VERSION}_$(go env GOVERSION)"
     if [[ ! -x "$helm_dir/helm" ]]; then
         echo "building helm $HELM_VERSION into $helm_dir" >&2
-        mkdir -p "$(dirname "$helm_dir")"
-        staging=$(mktemp -d "$helm_dir.tmp.XXXXXX")
-        trap 'rm -rf "$staging"' EXIT
-        GOBIN="$staging" GOFLAGS= go install -trimpath -ldflags "-s -w" \
-            "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-        rm -rf "$helm_dir"
-        mv "$staging" "$helm_dir"
-        trap - EXIT
+        go_install_staged "$helm_dir" "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+        publish_staged "$helm_dir"
     fi
     echo "$helm_dir"
     exit 0
@@ -41,9 +52,6 @@ if [[ "${1:-}" == prometheus ]]; then
     prom_dir="$cache/prometheus/${PROMETHEUS_VERSION}_$(go env GOVERSION)"
     if [[ ! -f "$prom_dir/.complete" ]]; then
         echo "building prometheus $PROMETHEUS_VERSION into $prom_dir" >&2
-        mkdir -p "$(dirname "$prom_dir")"
-        staging=$(mktemp -d "$prom_dir.tmp.XXXXXX")
-        trap 'rm -rf "$staging"' EXIT
         start=$(date +%s)
         # The Go module v0.3MM.P is Prometheus 3.MM.P; stamped so `--version` names the release.
         minor=${PROMETHEUS_VERSION#v0.3}
@@ -55,7 +63,7 @@ if [[ "${1:-}" == prometheus ]]; then
         ldflags="-s -w -X $pkg.Version=$release -X $pkg.Branch=HEAD -X $pkg.BuildUser=studbook"
         ldflags+=" -X $pkg.BuildDate=$build_date"
         # No builtinassets tag: the web UI is left out, the HTTP API is all the tests use.
-        GOBIN="$staging" GOFLAGS= go install -trimpath -ldflags "$ldflags" \
+        go_install_staged "$prom_dir" "$ldflags" \
             "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
             "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
         for bin in prometheus promtool; do
@@ -63,9 +71,7 @@ if [[ "${1:-}" == prometheus ]]; then
         done
         printf 'prometheus=%s release=%s go=%s seconds=%s\n' "$PROMETHEUS_VERSION" "$release" \
             "$(go env GOVERSION)" "$(($(date +%s) - start))" >"$staging/.complete"
-        rm -rf "$prom_dir"
-        mv "$staging" "$prom_dir"
-        trap - EXIT
+        publish_staged "$prom_dir"
         echo "built in $(($(date +%s) - start)) s" >&2
     fi
     echo "$prom_dir"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from tests.builders import Body
 from tests.cluster.controlplane import LOCAL_NODE, LOCAL_NODE_LABEL, LOCAL_NODE_TAINT
 from tests.cluster.images import image
 from tests.cluster.podrunner import LABEL_POD_UID, PODMAN
+from tests.integration.test_control_plane import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -32,17 +32,6 @@ PLACEMENT: dict[str, Any] = {
     "nodeSelector": {LOCAL_NODE_LABEL[0]: LOCAL_NODE_LABEL[1]},
     "tolerations": [{**LOCAL_NODE_TAINT, "operator": "Equal"}],
 }
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def finished(core: client.CoreV1Api, name: str, namespace: str) -> Callable[[], Any]:

@@ -157,7 +157,8 @@ def test_full_flow_ends_ready_and_signed() -> None:
         **job("sign", 1, "Succeeded"),
     }
     evaluating = reconcile(observe(jobs=job("breed", 1, "Succeeded"), breed=BREED))
-    assert evaluating.create == (("evaluate", 1),) and evaluating.status.stage == "candidate"
+    # No stage until Ready: the sealed artifact is not yet a candidate.
+    assert evaluating.create == (("evaluate", 1),) and evaluating.status.stage is None
     assert evaluating.status.artifact and evaluating.status.artifact.id == ID
     plan = reconcile(
         observe(
@@ -252,6 +253,8 @@ def test_a_refused_evaluation_fails_the_descendant_with_the_artifact_kept() -> N
     assert plan.create == () and plan.status.phase == "Failed"
     assert plan.status.message == f"evaluate failed: {why}"
     assert plan.status.artifact == BREED.artifact
+    # It never became a candidate: `kubectl get desc` shows no stage for it.
+    assert plan.status.stage is None
 
 
 def test_a_failed_attempt_says_why_while_its_retry_waits() -> None:

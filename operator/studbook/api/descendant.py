@@ -384,5 +384,8 @@ class Descendant(Resource):
             PrinterColumn("Artifact", ".status.artifact.shortId"),
             PrinterColumn("Verdict", ".status.scorecard.verdict"),
             PrinterColumn("Fitness", ".status.scorecard.fitness", type="number", priority=1),
+            PrinterColumn("Signer", ".status.artifact.signer", priority=1),
+            # Why it waits, why it failed, or what it is: one sentence.
+            PrinterColumn("Message", ".status.message"),
         ),
     )

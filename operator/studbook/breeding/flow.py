@@ -333,7 +333,6 @@ def reconcile(observed: Observed) -> Plan:
         artifact=observed.breed.artifact,
         lineage=observed.breed.lineage,
         resource_profile=observed.breed.profile,
-        stage="candidate",
     )
     if not _step(b, "evaluate", observed.evaluate is not None):
         return b.plan()
@@ -362,6 +361,8 @@ def reconcile(observed: Observed) -> Plan:
         b.condition(reasons.READY, True, reasons.ARCHIVED_NEGATIVE, "; ".join(gates))
         b.phase("Ready", "archived as a negative result: " + "; ".join(gates))
     else:
+        # A stage only once Ready: a descendant that fails before that was never a candidate.
+        b.update(stage="candidate")
         b.condition(reasons.READY, True, reasons.SCORECARD_PASSED, "signed, evaluated candidate")
         b.phase("Ready", f"candidate {artifact.short_id} is signed and evaluated")
     return b.plan()
