@@ -97,7 +97,7 @@ def baseline(api: client.ApiClient, count: int, settings: builders.JobSettings) 
     batch = client.BatchV1Api(api)
     began = time.perf_counter()
     for owner in owners:
-        job = builders.job(owner, "breed", 1, settings, "{}")
+        job = builders.job(owner, "breed", 1, settings, "{}", 3600)
         job["metadata"].pop("ownerReferences")
         batch.create_namespaced_job(namespace, job)
     return count / (time.perf_counter() - began)

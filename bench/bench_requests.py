@@ -110,6 +110,7 @@ def run(count: int, rounds: int) -> dict[str, Any]:
                     attempt,
                     settings,
                     task.model_dump_json(by_alias=True, exclude_none=True),
+                    3600,
                 )
                 body["spec"]["suspend"] = True
                 create(api, body)

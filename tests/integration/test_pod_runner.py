@@ -208,7 +208,7 @@ def test_a_breed_pod_cannot_reach_the_network_or_write_outside_its_volumes(
         .set("spec.resources", {**PLACEMENT})
         .descendant()
     )
-    body = job(owner, "breed", 1, settings, "{}")
+    body = job(owner, "breed", 1, settings, "{}", 600)
     body["metadata"].pop("ownerReferences")
     container = body["spec"]["template"]["spec"]["containers"][0]
     host, port = api_address(kube)

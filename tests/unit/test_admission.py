@@ -8,7 +8,7 @@ import pytest
 from tests.builders import Body, Parent
 
 from studbook.api import reasons
-from studbook.breeding.admission import ParentFacts, admit, gpu_hours_bound
+from studbook.breeding.admission import ParentFacts, admit, gpu_hours_bound, job_deadline
 
 TIES_PARENTS = ("minilm-base", "minilm-sentiment", "minilm-topic")
 
@@ -89,12 +89,22 @@ def _cases() -> list[Case]:
             "GPU hours 60 exceed the budget of 48",
         ),
         Case(
-            "gpu-hours-unbounded",
+            "gpu-hours-at-the-policy-deadline",
+            # No deadline of its own: the policy's maxJobSeconds (a day) bounds each attempt,
+            # 1 GPU x 24 h x 2 GPU steps x 3 attempts = 144 > 48.
             Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", None),
             _facts(Parent("minilm-base")),
             reasons.BUDGET_EXCEEDED,
             "spec.resources.activeDeadlineSeconds",
-            "without activeDeadlineSeconds are unbounded",
+            "GPU hours 144 exceed the budget of 48: 1 GPU(s) for up to 86400s (the policy's",
+        ),
+        Case(
+            "deadline-over-policy",
+            Body.of("ties-merge").set("spec.resources.activeDeadlineSeconds", 100_000),
+            _facts(*ties()),
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.activeDeadlineSeconds",
+            "activeDeadlineSeconds 100000 exceeds the policy's maxJobSeconds of 86400",
         ),
         Case(
             "gpu-hours-within-budget-with-fewer-retries",
@@ -424,10 +434,14 @@ def test_every_refusal_is_reported_and_restrictions_inherited() -> None:
 
 
 def test_gpu_hours_bound_counts_every_gpu_job_attempt() -> None:
+    policy = Body.of("policy").policy().spec
     spec = Body.of("lora-specialist").descendant().spec
     # 1 GPU x 4 h x 2 GPU steps x 3 attempts.
-    assert gpu_hours_bound(spec) == 24.0
+    assert job_deadline(spec, policy) == 14_400
+    assert gpu_hours_bound(spec, job_deadline(spec, policy)) == 24.0
     cpu_only = Body.of("ties-merge").descendant().spec
-    assert gpu_hours_bound(cpu_only) == 0.0
-    unbounded = Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", None)
-    assert gpu_hours_bound(unbounded.descendant().spec) is None
+    assert gpu_hours_bound(cpu_only, job_deadline(cpu_only, policy)) == 0.0
+    # Without its own deadline a Job gets the policy's, or the default policy's.
+    own = Body.of("lora-specialist").set("spec.resources.activeDeadlineSeconds", None)
+    assert job_deadline(own.descendant().spec, policy) == policy.mutation_budget.max_job_seconds
+    assert job_deadline(own.descendant().spec, None) == 86_400

@@ -42,6 +42,6 @@ def test_step_containers_fall_back_to_their_log_when_they_wrote_no_reason() -> N
         owner = Body.of("founder-import").set(
             "metadata.uid", "0b7c1a52-6f0e-4c5e-9d1f-3a2b1c0d9e8f"
         )
-        body = job(owner.descendant(), step, 1, settings, "{}")
+        body = job(owner.descendant(), step, 1, settings, "{}", 3600)
         (container,) = body["spec"]["template"]["spec"]["containers"]
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -22,6 +22,7 @@ from studbook.k8s.jobs import (
 )
 
 TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
+DEADLINE = 3600
 SETTINGS = JobSettings(
     trainer_image="registry.example.com/studbook-trainer:0.1.0",
     artifact_volume={"persistentVolumeClaim": {"claimName": "studbook-artifacts"}},
@@ -42,7 +43,7 @@ def _pod(job_body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_breed_pod_is_untrusted() -> None:
-    body = job(_descendant(), "breed", 1, SETTINGS, TASK)
+    body = job(_descendant(), "breed", 1, SETTINGS, TASK, DEADLINE)
     pod = _pod(body)
     container = pod["containers"][0]
     assert pod["automountServiceAccountToken"] is False
@@ -56,7 +57,7 @@ def test_breed_pod_is_untrusted() -> None:
 
 
 def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
-    body = job(_descendant(), "breed", 1, SETTINGS, TASK)
+    body = job(_descendant(), "breed", 1, SETTINGS, TASK, DEADLINE)
     pod = _pod(body)
     limits = pod["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
@@ -68,14 +69,15 @@ def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
     assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "breeding"
     assert body["spec"]["suspend"] is True
     assert body["spec"]["backoffLimit"] == 0
+    assert body["spec"]["activeDeadlineSeconds"] == DEADLINE
 
 
 def test_no_job_signs_and_no_step_pod_sees_a_secret() -> None:
     # The operator signs in its own process: the key never enters a tenant namespace.
     with pytest.raises(KeyError):
-        job(_descendant(), "sign", 1, SETTINGS, TASK)
+        job(_descendant(), "sign", 1, SETTINGS, TASK, DEADLINE)
     for step in ("breed", "evaluate"):
-        pod = _pod(job(_descendant(), step, 1, SETTINGS, TASK))
+        pod = _pod(job(_descendant(), step, 1, SETTINGS, TASK, DEADLINE))
         assert not any("secret" in v or "projected" in v for v in pod["volumes"]), step
         env = pod["containers"][0]["env"]
         assert not any("valueFrom" in e or "SIGNING" in e["name"] for e in env), step
@@ -84,7 +86,7 @@ def test_no_job_signs_and_no_step_pod_sees_a_secret() -> None:
 @pytest.mark.parametrize("purpose", ["breed", "evaluate"])
 def test_jobs_are_owned_and_carry_their_task(purpose: Any) -> None:
     owner = _descendant()
-    child = job(owner, purpose, 2, SETTINGS, TASK)
+    child = job(owner, purpose, 2, SETTINGS, TASK, DEADLINE)
     (ref,) = child["metadata"]["ownerReferences"]
     assert ref["kind"] == "Descendant" and ref["uid"] == owner.metadata.uid
     assert ref["controller"] is True
@@ -101,7 +103,7 @@ def test_names_are_stable_and_fit_a_label() -> None:
     assert job_name(long, "evaluate", 12) == job_name(long, "evaluate", 12)
     assert job_name(long, "evaluate", 12) != job_name(long, "evaluate", 13)
     assert len(job_name(long, "evaluate", 12)) <= 63
-    assert job(_descendant(), "breed", 2, SETTINGS, TASK)["metadata"]["name"] == job_name(
+    assert job(_descendant(), "breed", 2, SETTINGS, TASK, DEADLINE)["metadata"]["name"] == job_name(
         "minilm-sentiment", "breed", 2
     )
 
@@ -133,13 +135,13 @@ def test_network_policy_allows_only_the_store() -> None:
     (expression,) = selector["matchExpressions"]
     assert expression["values"] == ["breed", "evaluate"]
     for step in ("breed", "evaluate"):
-        pod = job(_descendant(), step, 1, SETTINGS, TASK)["spec"]["template"]["metadata"]
+        pod = job(_descendant(), step, 1, SETTINGS, TASK, DEADLINE)["spec"]["template"]["metadata"]
         assert selector["matchLabels"].items() <= pod["labels"].items()
         assert pod["labels"][expression["key"]] in expression["values"]
 
 
 def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -> None:
-    body = job(_descendant(**{"spec.resources.gpus": 2}), "breed", 1, SETTINGS, TASK)
+    body = job(_descendant(**{"spec.resources.gpus": 2}), "breed", 1, SETTINGS, TASK, DEADLINE)
     body["metadata"]["uid"] = "job-uid"
     body["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
     body["status"] = {"active": 1, "startTime": "2026-11-30T10:00:00Z"}
@@ -165,7 +167,7 @@ def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -
 
 
 def test_why_a_job_runs_no_pod() -> None:
-    queued = job(_descendant(), "breed", 1, SETTINGS, TASK)
+    queued = job(_descendant(), "breed", 1, SETTINGS, TASK, DEADLINE)
     assert suspended(queued) == (
         reasons.JOB_SUSPENDED,
         "suspended until Kueue admits it to queue 'breeding'",
@@ -234,7 +236,7 @@ def test_step_pods_are_told_their_image_and_the_lineage_names_its_digest(
 
     digest = "sha256:" + "0f" * 32
     pinned = JobSettings(trainer_image=f"localhost/studbook-trainer@{digest}", artifact_volume={})
-    env = _pod(job(_descendant(), "breed", 1, pinned, TASK))["containers"][0]["env"]
+    env = _pod(job(_descendant(), "breed", 1, pinned, TASK, DEADLINE))["containers"][0]["env"]
     (image,) = [e["value"] for e in env if e["name"] == IMAGE_ENV]
     monkeypatch.setenv(IMAGE_ENV, image)
     assert code_version() == f"{__version__}@{digest}"

@@ -101,8 +101,8 @@ class Resources(ApiModel):
     """Retries of a failed Job before the descendant fails."""
     active_deadline_seconds: Annotated[int, Field(ge=60)] | None = None
     """Wall-clock limit of one Job attempt (the Job's ``activeDeadlineSeconds``: Kubernetes ends
-    the attempt when it is reached). It bounds the GPU hours a descendant can spend: under a
-    policy with ``mutationBudget.maxGpuHours``, a descendant that asks for GPUs must set it."""
+    the attempt when it is reached), at most the policy's ``mutationBudget.maxJobSeconds``,
+    which applies when this is not set. It bounds the GPU hours a descendant can spend."""
 
 
 class Compatibility(ApiModel):

@@ -41,10 +41,14 @@ class MutationBudget(ApiModel):
     """Most GPUs one Job may ask for."""
     max_gpu_hours: Annotated[float, Field(ge=0.0)] | None = None
     """Most GPU hours one descendant may spend. Enforced at admission against what the
-    descendant's resources bound: ``gpus`` times ``activeDeadlineSeconds`` times the GPU Jobs
-    it may run (breed and evaluate, each up to ``1 + backoffLimit`` attempts). A descendant
-    that asks for GPUs without ``activeDeadlineSeconds`` is unbounded and refused. At run time
-    Kubernetes ends each Job attempt at its ``activeDeadlineSeconds``."""
+    descendant's resources bound: ``gpus`` times its Jobs' deadline (``activeDeadlineSeconds``,
+    or else ``maxJobSeconds``) times the GPU Jobs it may run (breed and evaluate, each up to
+    ``1 + backoffLimit`` attempts). At run time Kubernetes ends each Job attempt at its
+    deadline."""
+    max_job_seconds: Annotated[int, Field(ge=60, le=30 * 86_400)] = 86_400
+    """Longest one Job attempt may run, in seconds (default a day). Every Job gets it as its
+    ``activeDeadlineSeconds`` unless the descendant asks for less; asking for more is refused.
+    A Job that reaches it fails, saying so."""
 
 
 class CompatibilityRules(ApiModel):

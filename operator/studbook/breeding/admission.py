@@ -16,7 +16,7 @@ from studbook.api import reasons
 from studbook.api.common import Compatibility, Toleration
 from studbook.api.descendant import DescendantSpec
 from studbook.api.operators import LoraConfig, MergeConfig
-from studbook.api.policy import LABEL_GPU_PRODUCT, BreedingPolicySpec
+from studbook.api.policy import LABEL_GPU_PRODUCT, BreedingPolicySpec, MutationBudget
 
 
 @dataclass(frozen=True)
@@ -113,42 +113,51 @@ GPU_STEPS = ("breed", "evaluate")
 """The steps whose Jobs get the descendant's GPUs (signing needs none)."""
 
 
-def gpu_hours_bound(spec: DescendantSpec) -> float | None:
-    """The most GPU hours a descendant's Jobs can spend, or ``None`` when nothing bounds them.
+def job_deadline(spec: DescendantSpec, policy: BreedingPolicySpec | None) -> int:
+    """Seconds one Job attempt may run: the descendant's own deadline, or the policy's.
 
-    Each GPU Job attempt ends at ``activeDeadlineSeconds``; each GPU step runs at most
-    ``1 + backoffLimit`` attempts.
+    Where the policy is gone, the default policy's.
+    """
+    own = spec.resources.active_deadline_seconds
+    budget = policy.mutation_budget if policy is not None else MutationBudget()
+    return own if own is not None else budget.max_job_seconds
+
+
+def gpu_hours_bound(spec: DescendantSpec, deadline: int) -> float:
+    """The most GPU hours a descendant's Jobs can spend, each attempt ending at ``deadline``.
+
+    Each GPU step runs at most ``1 + backoffLimit`` attempts.
     """
     resources = spec.resources
-    if resources.gpus == 0:
-        return 0.0
-    if resources.active_deadline_seconds is None:
-        return None
     attempts = len(GPU_STEPS) * (1 + resources.backoff_limit)
-    return resources.gpus * resources.active_deadline_seconds / 3600 * attempts
+    return resources.gpus * deadline / 3600 * attempts
+
+
+def _deadline(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusal]:
+    own, most = spec.resources.active_deadline_seconds, policy.mutation_budget.max_job_seconds
+    if own is not None and own > most:
+        yield Refusal(
+            reasons.BUDGET_EXCEEDED,
+            "spec.resources.activeDeadlineSeconds",
+            f"activeDeadlineSeconds {own} exceeds the policy's maxJobSeconds of {most}",
+        )
 
 
 def _gpu_hours(spec: DescendantSpec, policy: BreedingPolicySpec) -> Iterator[Refusal]:
     limit = policy.mutation_budget.max_gpu_hours
     if limit is None:
         return
-    bound = gpu_hours_bound(spec)
+    deadline = job_deadline(spec, policy)
+    bound = gpu_hours_bound(spec, deadline)
     resources = spec.resources
-    if bound is None:
-        yield Refusal(
-            reasons.BUDGET_EXCEEDED,
-            "spec.resources.activeDeadlineSeconds",
-            f"the policy allows at most {limit:g} GPU hours per descendant, but"
-            f" {resources.gpus} GPU(s) without activeDeadlineSeconds are unbounded: set"
-            " resources.activeDeadlineSeconds",
-        )
-    elif bound > limit:
+    if bound > limit:
         attempts = len(GPU_STEPS) * (1 + resources.backoff_limit)
+        whose = "" if resources.active_deadline_seconds else " (the policy's maxJobSeconds)"
         yield Refusal(
             reasons.BUDGET_EXCEEDED,
             "spec.resources.activeDeadlineSeconds",
             f"GPU hours {bound:g} exceed the budget of {limit:g}: {resources.gpus} GPU(s) for up"
-            f" to {resources.active_deadline_seconds}s in each of {attempts} Job attempts"
+            f" to {deadline}s{whose} in each of {attempts} Job attempts"
             f" (breed and evaluate, 1 + backoffLimit {resources.backoff_limit} each)",
         )
 
@@ -410,6 +419,7 @@ def admit(
     refusals = [
         *_operator(spec, policy),
         *_budget(spec, policy),
+        *_deadline(spec, policy),
         *_gpu_hours(spec, policy),
         *_scheduling(spec, policy),
     ]

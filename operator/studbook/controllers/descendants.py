@@ -36,7 +36,7 @@ from studbook.artifacts import Signer, Store, Verifier
 from studbook.artifacts.errors import ArtifactError, SigningError
 from studbook.artifacts.policy import trust_policy
 from studbook.artifacts.results import read_result
-from studbook.breeding.admission import Decision, ParentFacts, admit
+from studbook.breeding.admission import Decision, ParentFacts, admit, job_deadline
 from studbook.breeding.flow import (
     TERMINAL,
     Event,
@@ -306,8 +306,11 @@ class Controller:
         if phase == "Failed":
             failed = conditions["Failed"]
             reason = f"{failed.get('reason')}: {failed.get('message')}"
-            terminated = self._termination(namespace, name)
-            if terminated is not None:
+            if failed.get("reason") == "DeadlineExceeded":
+                # Its pod was killed for it: the pod's last words would hide why.
+                deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+                reason = f"DeadlineExceeded: the Job ran past its deadline of {deadline}s"
+            elif (terminated := self._termination(namespace, name)) is not None:
                 exit_code, reason = terminated
         stuck = self._stuck(namespace, job) if phase == "Pending" else None
         # A queued Job has a startTime too; its ref says when it ran, so it stays as created.
@@ -416,12 +419,14 @@ class Controller:
             task = self._task(descendant, observed, step, attempt, view)
             if namespace not in self._fenced:
                 self.fence(namespace)
+            policy = view.policy(namespace, descendant.spec.policy_ref.name)
             body = builders.job(
                 descendant,
                 step,
                 attempt,
                 self.settings.jobs,
                 task.model_dump_json(by_alias=True, exclude_none=True),
+                job_deadline(descendant.spec, policy.spec if policy is not None else None),
             )
             if create_if_absent(self.api, body):
                 if attempt > 1:

@@ -149,12 +149,18 @@ def _resources(owner: Descendant, purpose: Step) -> Body:
 
 
 def job(
-    owner: Descendant, purpose: Step, attempt: int, settings: JobSettings, task_json: str
+    owner: Descendant,
+    purpose: Step,
+    attempt: int,
+    settings: JobSettings,
+    task_json: str,
+    deadline_seconds: int,
 ) -> Body:
     """The Job that runs one step (breed or evaluate) of a descendant.
 
     The task travels in the pod's annotation and reaches the container as a file through the
-    downward API: one object per step, nothing to clean up beside it.
+    downward API: one object per step, nothing to clean up beside it. Kubernetes ends the
+    attempt after ``deadline_seconds`` (see ``breeding.admission.job_deadline``).
     """
     name = job_name(owner.metadata.name, purpose, attempt)
     resources = owner.spec.resources
@@ -231,13 +237,12 @@ def job(
         # Studbook retries with its own backoff and a new Job per attempt, so each attempt's
         # outcome stays visible; the Job itself never retries.
         "backoffLimit": 0,
+        "activeDeadlineSeconds": deadline_seconds,
         "template": {
             "metadata": {"labels": labels, "annotations": {ANNOTATION_TASK: task_json}},
             "spec": pod_spec,
         },
     }
-    if resources.active_deadline_seconds:
-        job_spec["activeDeadlineSeconds"] = resources.active_deadline_seconds
     if resources.queue_name:
         # Kueue admits suspended Jobs when quota allows.
         job_spec["suspend"] = True
