@@ -65,6 +65,8 @@ LABEL_POD_UID = "io.kubernetes.pod.uid"
 LABEL_RUNNER = "dev.studbook.podrunner.root"
 """Marks the containers of one runner, so a stopping runner removes every one of them."""
 IMAGE_RECHECK_SECONDS = 5.0
+KILL_GRACE_SECONDS = 5
+"""Between SIGTERM and SIGKILL when a pod is deleted."""
 HEARTBEAT_SECONDS = 10.0
 MERGE_PATCH = "application/merge-patch+json"
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
@@ -471,13 +473,13 @@ class PodRunner:
         image_id = f"{container.image.split('@')[0]}@{image.get('Digest', '')}"
         return _Exit(code, started, _now(), message, reason, image_id)
 
-    def _kill(self, run: _PodRun, grace: float = 5.0) -> None:
+    def _kill(self, run: _PodRun) -> None:
         with run.lock:
             names = list(run.containers)
         for name in names:
             # SIGTERM, then SIGKILL after the grace period, as a kubelet stops a container.
             subprocess.Popen(
-                [*PODMAN, "stop", "--time", str(int(grace)), name],
+                [*PODMAN, "stop", "--time", str(KILL_GRACE_SECONDS), name],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
