@@ -49,6 +49,7 @@ from tests.cluster.fixtures import apply_crds, apply_peering_crds, load_crds  # 
 from studbook import GROUP, VERSION  # noqa: E402
 from studbook.api import Descendant, parse_manifest  # noqa: E402
 from studbook.breeding.flow import TERMINAL  # noqa: E402
+from studbook.breeding.tasks import breed_task  # noqa: E402
 from studbook.controllers.peering import MAX_PRIORITY, PAUSED  # noqa: E402
 from studbook.k8s import jobs as builders  # noqa: E402
 
@@ -97,7 +98,8 @@ def baseline(api: client.ApiClient, count: int, settings: builders.JobSettings) 
     batch = client.BatchV1Api(api)
     began = time.perf_counter()
     for owner in owners:
-        job = builders.job(owner, "breed", 1, settings, "{}", 3600)
+        task = breed_task(owner, [], settings.store_mount, builders.OUTPUT_MOUNT)
+        job = builders.job(owner, "breed", 1, settings, task, 3600)
         job["metadata"].pop("ownerReferences")
         batch.create_namespaced_job(namespace, job)
     return count / (time.perf_counter() - began)

@@ -103,15 +103,8 @@ def run(count: int, rounds: int) -> dict[str, Any]:
                 owner = parse_manifest(bodies[name])
                 assert isinstance(owner, Descendant)
                 attempt = round_ + 1
-                task = breed_task(owner, [], settings.store_mount, attempt)
-                body = builders.job(
-                    owner,
-                    "breed",
-                    attempt,
-                    settings,
-                    task.model_dump_json(by_alias=True, exclude_none=True),
-                    3600,
-                )
+                task = breed_task(owner, [], settings.store_mount, builders.OUTPUT_MOUNT)
+                body = builders.job(owner, "breed", attempt, settings, task, 3600)
                 body["spec"]["suspend"] = True
                 create(api, body)
 

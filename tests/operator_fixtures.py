@@ -94,15 +94,25 @@ class OperatorProcess:
                 self.kill()
 
 
+def provisioned(store: Path) -> Path:
+    """A new store directory as a provisioned volume is to the step pods' user.
+
+    Owned by it, and group-writable with the set-group-id bit, as the kubelet leaves a volume for
+    a pod's fsGroup: the directories it makes for subPaths take the group, so a pod can write its
+    own output directory there.
+    """
+    store.mkdir()
+    os.chown(store, NON_ROOT_UID, NON_ROOT_UID)
+    store.chmod(0o2775)
+    return store
+
+
 @pytest.fixture
 def idle_operator(
     cluster: ControlPlane, namespace: str, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
     """An operator for the test's namespace and a fresh artifact store, not started yet."""
-    store = tmp_path / "store"
-    store.mkdir()
-    # A volume provisioned for the step pods' user, as a PersistentVolume would be.
-    os.chown(store, NON_ROOT_UID, NON_ROOT_UID)
+    store = provisioned(tmp_path / "store")
     process = OperatorProcess(cluster, namespace, store, tmp_path / "operator.log")
     yield process
     process.stop()

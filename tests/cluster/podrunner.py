@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -386,7 +387,7 @@ class PodRunner:
         env = self._container_env(pod, container)
         try:
             security = _security_args(pod, container, image)
-            mounts = _mount_args(container, volumes)
+            mounts = _mount_args(container, volumes, env)
             limits = _limit_args(container)
         except _ConfigError as exc:
             return _Exit(1, started, _now(), str(exc), "CreateContainerConfigError")
@@ -880,19 +881,40 @@ def _quantity(text: str) -> float:
     return float(match.group(1)) * _SUFFIXES.get(match.group(2), 1)
 
 
-def _mount_args(container: client.V1Container, volumes: Mapping[str, _Volume]) -> list[str]:
-    """Bind mounts for the container's volumeMounts; subPaths stay inside their volume."""
+def _mount_args(
+    container: client.V1Container, volumes: Mapping[str, _Volume], env: Mapping[str, str]
+) -> list[str]:
+    """Bind mounts for the container's volumeMounts; subPaths stay inside their volume.
+
+    As the kubelet does: ``subPathExpr`` is expanded from the container's environment; a subPath
+    that does not exist is made a directory with the mode and group of the volume's root (so a
+    volume's group, an fsGroup, can write it); one that names a file mounts that file.
+    """
     args: list[str] = []
     for mount in container.volume_mounts or []:
         if mount.name not in volumes:
             raise _ConfigError(f"volume {mount.name} is not defined in the pod")
         volume = volumes[mount.name]
         source = volume.path
-        if mount.sub_path:
-            source = (source / mount.sub_path).resolve()
+        sub_path = mount.sub_path
+        if mount.sub_path_expr:
+            if sub_path:
+                raise _ConfigError(f"volumeMount {mount.name}: subPath and subPathExpr both set")
+            sub_path = expand(mount.sub_path_expr, env)
+            if _VAR_REF.search(sub_path):
+                raise _ConfigError(f"subPathExpr {mount.sub_path_expr}: an unset variable")
+        if sub_path:
+            if sub_path.startswith("/") or ".." in sub_path.split("/"):
+                raise _ConfigError(f"subPath {sub_path} must be a relative path inside its volume")
+            source = (source / sub_path).resolve()
             if not source.is_relative_to(volume.path.resolve()):
-                raise _ConfigError(f"subPath {mount.sub_path} leaves volume {mount.name}")
-            source.mkdir(parents=True, exist_ok=True)
+                raise _ConfigError(f"subPath {sub_path} leaves volume {mount.name}")
+            root = volume.path.stat()
+            missing = [d for d in [source, *source.parents] if not d.exists()]
+            for directory in reversed(missing):
+                directory.mkdir()
+                os.chown(directory, -1, root.st_gid)
+                directory.chmod(stat.S_IMODE(root.st_mode))
         spec = f"type=bind,src={source},dst={mount.mount_path}"
         if mount.read_only or volume.read_only:
             spec += ",ro=true"

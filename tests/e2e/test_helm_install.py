@@ -10,7 +10,6 @@ refuses at reconcile either way), and one replica runs, on the runner's node.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ import pytest
 import yaml
 from kubernetes import client
 
-from studbook.k8s.jobs import NON_ROOT_UID
 from studbook_trainer import __version__
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
 from tests.cluster.fixtures import apply_peering_crds
@@ -29,7 +27,7 @@ from tests.cluster.images import built, image
 from tests.cluster.podrunner import LABEL_POD_UID, PODMAN
 from tests.e2e.family import LOCAL_NODE, NAMES, Inputs, apply_family, check_family, verify
 from tests.keys import ec_key
-from tests.operator_fixtures import descendant_status, wait_for
+from tests.operator_fixtures import descendant_status, provisioned, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -64,10 +62,7 @@ def release(
             "stringData": {"key.pem": (tmp_path / "signing" / "key.pem").read_text()},
         },
     )
-    # The store: a directory the pods' user owns, as a provisioned volume would be.
-    store = tmp_path / "store"
-    store.mkdir()
-    os.chown(store, NON_ROOT_UID, NON_ROOT_UID)
+    store = provisioned(tmp_path / "store")
     values = {
         "image": {"operator": image("operator"), "trainer": image("trainer")},
         "replicas": 1,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -26,7 +25,6 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from studbook.controllers.webhook import CONFIGURATION, SERVICE_PORT
-from studbook.k8s.jobs import NON_ROOT_UID
 from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port, helm_binary
 from tests.cluster.fixtures import (
@@ -42,6 +40,7 @@ from tests.operator_fixtures import (
     OperatorProcess,
     apply,
     descendant_status,
+    provisioned,
     read_resource,
     wait_for,
     webhook_configured,
@@ -158,9 +157,7 @@ def _installed(
             tls.mkdir()
             for key, value in secret["data"].items():
                 (tls / key).write_bytes(base64.b64decode(value))
-        store = tmp_path / "store"
-        store.mkdir()
-        os.chown(store, NON_ROOT_UID, NON_ROOT_UID)
+        store = provisioned(tmp_path / "store")
         kubeconfig = _token_kubeconfig(cluster, kube, pod["serviceAccountName"], home)
         # The chart's settings, but where the store is: a directory here, not the pod's volume.
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -405,7 +402,7 @@ def _everything(
         timeout=90,
     )
     status = descendant_status(kube, namespace, name)
-    assert "left no breed result" in status["message"]
+    assert "left no model in its output" in status["message"]
     jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
     assert [j.metadata.name for j in jobs] == [f"{name}-breed-1"]
     # The chart's values reach the Jobs.

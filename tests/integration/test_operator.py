@@ -109,7 +109,7 @@ def test_admitted_founder_gets_an_untrusted_owned_breed_job_and_fails_without_re
         log=operator.log,
     )
     status = read_resource(kube, namespace, "descendants", "minilm-base")["status"]
-    assert "left no breed result" in status["message"]
+    assert "left no model in its output" in status["message"]
     assert [j["name"] for j in status["jobs"]] == ["minilm-base-breed-1"]
     assert len(_jobs(kube, namespace)) == 1, "exactly one breed Job"
     policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items

@@ -58,7 +58,7 @@ def test_random_kills_leave_every_descendant_finished_with_one_breed_job(
     for item in _descendants(kube, namespace):
         status = item["status"]
         assert status["phase"] == "Failed", status
-        assert "left no breed result" in status["message"], status["message"]
+        assert "left no model in its output" in status["message"], status["message"]
     jobs = client.BatchV1Api(kube).list_namespaced_job(namespace).items
     per_owner = Counter(j.metadata.labels["breeding.studbook.dev/descendant"] for j in jobs)
     assert len(per_owner) == COUNT

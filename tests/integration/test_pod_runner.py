@@ -18,12 +18,23 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from studbook.k8s.jobs import NON_ROOT_UID, JobSettings, job, step_network_policy
+from studbook.api.task import ParentArtifact
+from studbook.artifacts import Lineage, Store
+from studbook.artifacts.store import package_dir
+from studbook.breeding.tasks import breed_task
+from studbook.k8s.jobs import (
+    NON_ROOT_UID,
+    OUTPUT_MOUNT,
+    JobSettings,
+    job,
+    step_network_policy,
+)
 from tests.builders import Body
 from tests.cluster.controlplane import LOCAL_NODE, LOCAL_NODE_LABEL, LOCAL_NODE_TAINT
 from tests.cluster.images import image
 from tests.cluster.podrunner import LABEL_POD_UID, PODMAN
 from tests.integration.test_control_plane import wait_for
+from tests.operator_fixtures import provisioned
 
 pytestmark = pytest.mark.cluster
 
@@ -167,69 +178,143 @@ def test_a_pod_whose_image_is_not_here_waits_in_image_pull_back_off(
     assert core.read_namespaced_pod_status("missing", namespace).status.phase == "Pending"
 
 
-# The probe a breed pod runs in place of the trainer: what can it reach and write?
+# A malicious step: run in place of the trainer, it tries to reach the network and to read or
+# write each thing in the store it should not. Arguments: the API server's host and port, where
+# to write its report, then "read:PATH", "write:PATH" or "list:PATH" for each attempt.
 PROBE = """
 import json, os, socket, sys
-host, port, store = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, port, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 found = {}
 try:
     socket.create_connection((host, port), timeout=3).close()
     found["network"] = "reached " + host
 except OSError as exc:
     found["network"] = type(exc).__name__
-for target in ("/probe.txt", "/etc/probe.txt", "/opt/studbook/lib/probe.txt", "/tmp/probe.txt",
-               store + "/probe.txt"):
+for attempt in sys.argv[4:]:
+    action, _, path = attempt.partition(":")
     try:
-        with open(target, "w") as handle:
-            handle.write("x")
-        found[target] = "written"
+        if action == "list":
+            found[attempt] = sorted(os.listdir(path))
+            continue
+        if action == "write":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w" if action == "write" else "r") as handle:
+            handle.write("forged") if action == "write" else handle.read(1)
+        found[attempt] = "done"
     except OSError as exc:
-        found[target] = type(exc).__name__
+        found[attempt] = type(exc).__name__
 found["uid"] = os.getuid()
-with open(store + "/probe.json", "w") as out:
+os.makedirs(os.path.dirname(report), exist_ok=True)
+with open(report, "w") as out:
     json.dump(found, out)
 """
 
 
-def test_a_breed_pod_cannot_reach_the_network_or_write_outside_its_volumes(
+def _package(store: Store, tmp_path: Path, name: str) -> str:
+    model = tmp_path / "models" / name
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(name.encode() * 64)
+    (model / "config.json").write_text('{"architectures": ["BertModel"]}')
+    lineage = Lineage(operator="import", config_hash="sha256:" + "0" * 64, code_version="0.1.0")
+    return store.seal(model, lineage).id
+
+
+def test_a_malicious_step_can_write_only_its_own_output(
     kube: client.ApiClient, namespace: str, tmp_path: Path
 ):
-    """The Job the operator builds, its policy applied: only the command is the probe's."""
-    store = shared(tmp_path / "store")
+    """The breed Job the operator builds, its policy applied: only the command is the attacker's.
+
+    The store holds the step's parent and data, and also another descendant's package, another
+    tenant's data, another Job's output and the pipeline's records. The step reads its own inputs
+    and writes its own output, and nothing else, whatever it tries.
+    """
+    root = provisioned(tmp_path / "store")
+    store = Store.open(root)
+    parent, other = _package(store, tmp_path, "parent"), _package(store, tmp_path, "other")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    (inputs / "train.jsonl").write_text('{"text": "ours", "label": 0}\n')
+    (inputs / "theirs.jsonl").write_text('{"text": "theirs", "label": 1}\n')
+    elsewhere = root / "outputs" / "3f9a0c52-another-job"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "scorecard.json").write_text("{}")
+    records = root / "runs" / namespace
+    records.mkdir(parents=True)
     settings = JobSettings(
         trainer_image=image("trainer"),
-        artifact_volume={"hostPath": {"path": str(store)}},
+        artifact_volume={"hostPath": {"path": str(root)}},
         store_mount="/store",
     )
     owner = (
-        Body.of("founder-import")
+        Body.of("lora-specialist")
         .set("metadata.namespace", namespace)
         .set("metadata.uid", "00000000-0000-0000-0000-000000000001")
+        .set("spec.data.0.uri", "/store/inputs/train.jsonl")
         .set("spec.resources", {**PLACEMENT})
         .descendant()
     )
-    body = job(owner, "breed", 1, settings, "{}", 600)
+    parents = [ParentArtifact(name="minilm-base", artifact_id=parent, uri="/store")]
+    task = breed_task(owner, parents, "/store", OUTPUT_MOUNT)
+    body = job(owner, "breed", 1, settings, task, 600)
     body["metadata"].pop("ownerReferences")
     container = body["spec"]["template"]["spec"]["containers"][0]
     host, port = api_address(kube)
-    container["command"] = ["python3", "-c", PROBE, host, str(port), "/store"]
-    container["args"] = []
+    ours, theirs = f"/store/{package_dir(parent)}", f"/store/{package_dir(other)}"
+    attempts = [
+        "write:/probe.txt",
+        "write:/etc/probe.txt",
+        "write:/opt/studbook/lib/probe.txt",
+        "write:/tmp/probe.txt",
+        f"read:{ours}/manifest.json",
+        "read:/store/inputs/train.jsonl",
+        "list:/store",
+        "list:/store/sha256",
+        f"read:{theirs}/manifest.json",
+        "read:/store/inputs/theirs.jsonl",
+        f"write:{ours}/files/model.safetensors",
+        f"write:{ours}/signatures/forged.sigstore.json",
+        "write:/store/inputs/train.jsonl",
+        f"write:/store/{package_dir('sha256:' + 'ab' * 32)}/manifest.json",
+        f"write:/store/outputs/{elsewhere.name}/scorecard.json",
+        f"write:/store/runs/{namespace}/d/00000000/sign-1.json",
+        "write:/output/model/model.safetensors",
+    ]
+    container["command"] = ["python3", "-c", PROBE, host, str(port), "/output/report.json"]
+    container["args"] = attempts
     network = client.NetworkingV1Api(kube)
     network.create_namespaced_network_policy(namespace, step_network_policy(namespace, settings))
     batch = client.BatchV1Api(kube)
-    batch.create_namespaced_job(namespace, body)
+    uid = batch.create_namespaced_job(namespace, body).metadata.uid
+    report = root / "outputs" / uid / "report.json"
 
-    result = wait_for("the probe's report", lambda: (store / "probe.json").exists(), timeout=90)
-    assert result
-    found = json.loads((store / "probe.json").read_text())
+    assert wait_for("the probe's report", report.exists, timeout=90)
+    found = json.loads(report.read_text())
     # The API server listens on this machine's loopback, which a host-network pod reaches (the
     # test below); this pod's loopback is its own, and it has no other interface.
     assert found["network"] in ("ConnectionRefusedError", "OSError"), found
     assert found["uid"] == NON_ROOT_UID
-    for target in ("/probe.txt", "/etc/probe.txt", "/opt/studbook/lib/probe.txt"):
-        assert found[target] == "OSError", (target, found)
-    assert found["/tmp/probe.txt"] == "written"
-    assert found["/store/probe.txt"] == "written"
+    done = {a for a in attempts if found[a] == "done"}
+    assert done == {
+        "write:/tmp/probe.txt",
+        f"read:{ours}/manifest.json",
+        "read:/store/inputs/train.jsonl",
+        "write:/output/model/model.safetensors",
+    }, found
+    # Of the store it sees its inputs only: no other package, data, output or record.
+    assert found["list:/store"] == ["inputs", "sha256"]
+    assert found["list:/store/sha256"] == [package_dir(parent).split("/")[1]]
+    for attempt in set(attempts) - done - {"list:/store", "list:/store/sha256"}:
+        assert found[attempt] in ("OSError", "FileNotFoundError", "PermissionError"), attempt
+    # Everything it tried to forge is as it was; what it wrote is under outputs/<its Job's uid>.
+    for artifact in (parent, other):
+        store.fetch(artifact, tmp_path / "verified" / artifact[7:19])
+        assert store.signatures(artifact) == []
+    assert (inputs / "train.jsonl").read_text() == '{"text": "ours", "label": 0}\n'
+    assert (elsewhere / "scorecard.json").read_text() == "{}"
+    assert sorted(p.name for p in (root / "outputs").iterdir()) == sorted([uid, elsewhere.name])
+    assert (root / "outputs" / uid / "model" / "model.safetensors").read_text() == "forged"
+    assert list(records.iterdir()) == []
+    assert store.ids() == sorted([parent, other])
 
 
 def test_a_pod_outside_any_policy_reaches_the_api_server(
@@ -244,7 +329,7 @@ def test_a_pod_outside_any_policy_reaches_the_api_server(
         {
             "name": "main",
             "image": image("trainer"),
-            "command": ["python3", "-c", PROBE, host, str(port), "/store"],
+            "command": ["python3", "-c", PROBE, host, str(port), "/store/probe.json"],
             "volumeMounts": [{"name": "store", "mountPath": "/store"}],
         },
         volumes=[{"name": "store", "hostPath": {"path": str(store)}}],

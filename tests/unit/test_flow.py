@@ -147,7 +147,8 @@ def test_failed_attempt_is_retried_after_backoff_then_fails() -> None:
 
 def test_success_without_result_counts_as_failure() -> None:
     plan = reconcile(observe(jobs=job("breed", 1, "Succeeded", finished_at=T0), max_attempts=1))
-    assert plan.status.phase == "Failed" and "left no breed result" in (plan.status.message or "")
+    assert plan.status.phase == "Failed"
+    assert "left no model in its output" in (plan.status.message or "")
 
 
 def test_full_flow_ends_ready_and_signed() -> None:

@@ -7,21 +7,24 @@ from typing import Any
 
 import pytest
 from tests.builders import Body
+from tests.manifests import example
 
-from studbook.api import Descendant, reasons
-from studbook.api.task import IMAGE_ENV
+from studbook import __version__
+from studbook.api import Descendant, EvaluationSuite, parse_manifest, reasons
+from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact, code_version
 from studbook.breeding.flow import job_name
+from studbook.breeding.tasks import breed_task, evaluate_task
 from studbook.controllers.view import indexed_job
+from studbook.k8s import jobs
 from studbook.k8s.jobs import (
+    OUTPUT_MOUNT,
     JobSettings,
-    job,
     job_phase,
     pod_stuck,
     step_network_policy,
     suspended,
 )
 
-TASK = '{"schemaVersion": "task.studbook.dev/v1", "step": "breed"}'
 DEADLINE = 3600
 SETTINGS = JobSettings(
     trainer_image="registry.example.com/studbook-trainer:0.1.0",
@@ -37,13 +40,33 @@ def _descendant(**changes: Any) -> Descendant:
     return body.descendant()
 
 
+def _task(step: str, owner: Descendant | None = None) -> BreedTask | EvaluateTask:
+    """The task the operator would give the step, with the parents and data its spec names."""
+    owner = owner or _descendant()
+    parents = [
+        ParentArtifact(name=ref.name, artifact_id="sha256:" + f"{i:02d}" * 32, uri="unused")
+        for i, ref in enumerate(owner.spec.parents)
+    ]
+    if step == "breed":
+        return breed_task(owner, parents, "/work", OUTPUT_MOUNT)
+    subject = ParentArtifact(name="subject", artifact_id="sha256:" + "ee" * 32, uri="unused")
+    suite = parse_manifest(example("suite"))
+    assert isinstance(suite, EvaluationSuite)
+    return evaluate_task(owner, subject, parents, suite, "/work", OUTPUT_MOUNT)
+
+
+def job(owner: Descendant, step: Any, attempt: int, settings: JobSettings = SETTINGS) -> Any:
+    """The Job of a step, its task the one the operator would give it."""
+    return jobs.job(owner, step, attempt, settings, _task(step, owner), DEADLINE)
+
+
 def _pod(job_body: dict[str, Any]) -> dict[str, Any]:
     pod: dict[str, Any] = job_body["spec"]["template"]["spec"]
     return pod
 
 
 def test_breed_pod_is_untrusted() -> None:
-    body = job(_descendant(), "breed", 1, SETTINGS, TASK, DEADLINE)
+    body = job(_descendant(), "breed", 1)
     pod = _pod(body)
     container = pod["containers"][0]
     assert pod["automountServiceAccountToken"] is False
@@ -57,7 +80,7 @@ def test_breed_pod_is_untrusted() -> None:
 
 
 def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
-    body = job(_descendant(), "breed", 1, SETTINGS, TASK, DEADLINE)
+    body = job(_descendant(), "breed", 1)
     pod = _pod(body)
     limits = pod["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
@@ -75,24 +98,28 @@ def test_breed_pod_gets_the_requested_gpus_and_placement() -> None:
 def test_no_job_signs_and_no_step_pod_sees_a_secret() -> None:
     # The operator signs in its own process: the key never enters a tenant namespace.
     with pytest.raises(KeyError):
-        job(_descendant(), "sign", 1, SETTINGS, TASK, DEADLINE)
+        job(_descendant(), "sign", 1)
     for step in ("breed", "evaluate"):
-        pod = _pod(job(_descendant(), step, 1, SETTINGS, TASK, DEADLINE))
+        pod = _pod(job(_descendant(), step, 1))
         assert not any("secret" in v or "projected" in v for v in pod["volumes"]), step
         env = pod["containers"][0]["env"]
-        assert not any("valueFrom" in e or "SIGNING" in e["name"] for e in env), step
+        # Only the pod's own labels come in by reference: no Secret or ConfigMap key.
+        refs = [e["valueFrom"] for e in env if "valueFrom" in e]
+        assert all(list(r) == ["fieldRef"] for r in refs), step
+        assert not any("SIGNING" in e["name"] for e in env), step
 
 
 @pytest.mark.parametrize("purpose", ["breed", "evaluate"])
 def test_jobs_are_owned_and_carry_their_task(purpose: Any) -> None:
     owner = _descendant()
-    child = job(owner, purpose, 2, SETTINGS, TASK, DEADLINE)
+    child = job(owner, purpose, 2)
     (ref,) = child["metadata"]["ownerReferences"]
     assert ref["kind"] == "Descendant" and ref["uid"] == owner.metadata.uid
     assert ref["controller"] is True
     assert child["metadata"]["name"] == f"minilm-sentiment-{purpose}-2"
     template = child["spec"]["template"]
-    assert template["metadata"]["annotations"]["breeding.studbook.dev/task"] == TASK
+    task = _task(purpose, owner).model_dump_json(by_alias=True, exclude_none=True)
+    assert template["metadata"]["annotations"]["breeding.studbook.dev/task"] == task
     (task_volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "task"]
     (item,) = task_volume["downwardAPI"]["items"]
     assert item["fieldRef"]["fieldPath"] == "metadata.annotations['breeding.studbook.dev/task']"
@@ -103,7 +130,7 @@ def test_names_are_stable_and_fit_a_label() -> None:
     assert job_name(long, "evaluate", 12) == job_name(long, "evaluate", 12)
     assert job_name(long, "evaluate", 12) != job_name(long, "evaluate", 13)
     assert len(job_name(long, "evaluate", 12)) <= 63
-    assert job(_descendant(), "breed", 2, SETTINGS, TASK, DEADLINE)["metadata"]["name"] == job_name(
+    assert job(_descendant(), "breed", 2)["metadata"]["name"] == job_name(
         "minilm-sentiment", "breed", 2
     )
 
@@ -135,13 +162,13 @@ def test_network_policy_allows_only_the_store() -> None:
     (expression,) = selector["matchExpressions"]
     assert expression["values"] == ["breed", "evaluate"]
     for step in ("breed", "evaluate"):
-        pod = job(_descendant(), step, 1, SETTINGS, TASK, DEADLINE)["spec"]["template"]["metadata"]
+        pod = job(_descendant(), step, 1)["spec"]["template"]["metadata"]
         assert selector["matchLabels"].items() <= pod["labels"].items()
         assert pod["labels"][expression["key"]] in expression["values"]
 
 
 def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -> None:
-    body = job(_descendant(**{"spec.resources.gpus": 2}), "breed", 1, SETTINGS, TASK, DEADLINE)
+    body = job(_descendant(**{"spec.resources.gpus": 2}), "breed", 1)
     body["metadata"]["uid"] = "job-uid"
     body["metadata"]["managedFields"] = [{"manager": "kube-controller-manager"}]
     body["status"] = {"active": 1, "startTime": "2026-11-30T10:00:00Z"}
@@ -167,7 +194,7 @@ def test_the_job_index_keeps_what_reconciling_reads_and_not_the_pod_template() -
 
 
 def test_why_a_job_runs_no_pod() -> None:
-    queued = job(_descendant(), "breed", 1, SETTINGS, TASK, DEADLINE)
+    queued = job(_descendant(), "breed", 1)
     assert suspended(queued) == (
         reasons.JOB_SUSPENDED,
         "suspended until Kueue admits it to queue 'breeding'",
@@ -228,19 +255,64 @@ def test_why_a_job_runs_no_pod() -> None:
     assert pod_stuck(creating) is None and pod_stuck({}) is None
 
 
-def test_step_pods_are_told_their_image_and_the_lineage_names_its_digest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from studbook_trainer import __version__
-    from studbook_trainer.steps import code_version
-
+def test_the_lineage_names_the_digest_of_the_image_the_job_was_given() -> None:
     digest = "sha256:" + "0f" * 32
-    pinned = JobSettings(trainer_image=f"localhost/studbook-trainer@{digest}", artifact_volume={})
-    env = _pod(job(_descendant(), "breed", 1, pinned, TASK, DEADLINE))["containers"][0]["env"]
-    (image,) = [e["value"] for e in env if e["name"] == IMAGE_ENV]
-    monkeypatch.setenv(IMAGE_ENV, image)
-    assert code_version() == f"{__version__}@{digest}"
+    assert code_version(f"localhost/studbook-trainer@{digest}") == f"{__version__}@{digest}"
     # A tag can move, so it names nothing more than the version; nor does a malformed digest.
-    for unpinned in (SETTINGS.trainer_image, "trainer@sha256:xyz", f"trainer@{digest}/../x"):
-        monkeypatch.setenv(IMAGE_ENV, unpinned)
-        assert code_version() == __version__, unpinned
+    for unpinned in (SETTINGS.trainer_image, "trainer@sha256:xyz", f"trainer@{digest}/../x", None):
+        assert code_version(unpinned) == __version__, unpinned
+
+
+def test_a_step_pod_mounts_its_inputs_read_only_and_only_its_own_output_writable() -> None:
+    owner = _descendant(**{"spec.data.0.uri": "/work/inputs/train.jsonl"})
+    body = job(owner, "breed", 1)
+    container = _pod(body)["containers"][0]
+    store = [m for m in container["volumeMounts"] if m["name"] == "artifacts"]
+    *inputs, output = store
+    parent = "sha256/" + "00" * 32
+    assert [(m["subPath"], m["mountPath"]) for m in inputs] == [
+        ("inputs/train.jsonl", "/work/inputs/train.jsonl"),
+        (parent, f"/work/{parent}"),
+    ]
+    assert all(m["readOnly"] is True for m in inputs)
+    # Writable: only outputs/<the Job's uid>, from the label the API server gives its pods.
+    assert output == {
+        "name": "artifacts",
+        "mountPath": OUTPUT_MOUNT,
+        "subPathExpr": "outputs/$(STUDBOOK_JOB_UID)",
+    }
+    (uid,) = [e for e in container["env"] if e["name"] == "STUDBOOK_JOB_UID"]
+    field = uid["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['batch.kubernetes.io/controller-uid']"
+    assert not any(m["mountPath"] == "/work" for m in container["volumeMounts"])
+
+
+def test_evaluation_mounts_its_subject_and_the_suite_data_in_the_store() -> None:
+    evaluate = job(_descendant(), "evaluate", 1)
+    paths = [m.get("subPath") for m in _pod(evaluate)["containers"][0]["volumeMounts"]]
+    assert "sha256/" + "ee" * 32 in paths
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["/elsewhere/x.jsonl", "s3://bucket/x.jsonl", "/work/../etc/passwd", "/work", "relative.jsonl"],
+)
+def test_data_outside_the_store_is_not_mounted(uri: str) -> None:
+    body = job(_descendant(**{"spec.data.0.uri": uri}), "breed", 1)
+    mounts = _pod(body)["containers"][0]["volumeMounts"]
+    assert [m.get("subPath") for m in mounts if m["name"] == "artifacts"] == [
+        "sha256/" + "00" * 32,
+        None,
+    ]
+
+
+def test_a_job_writes_only_to_its_output_mount() -> None:
+    task = _task("breed").model_copy(update={"output": "/work/elsewhere"})
+    with pytest.raises(ValueError, match="/output"):
+        jobs.job(_descendant(), "breed", 1, SETTINGS, task, DEADLINE)
+
+
+def test_step_containers_fall_back_to_their_log_when_they_wrote_no_reason() -> None:
+    for step in ("breed", "evaluate"):
+        (container,) = _pod(job(_descendant(), step, 1))["containers"]
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

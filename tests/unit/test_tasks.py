@@ -26,7 +26,7 @@ def _suite() -> EvaluationSuite:
 def test_a_merge_is_evaluated_against_the_uniform_merge_of_what_it_merged() -> None:
     ties = Body.of("ties-merge").descendant()
     parents = [_artifact(p.name) for p in ties.spec.parents]
-    task = evaluate_task(ties, _artifact("subject"), parents, _suite(), "/store", 1)
+    task = evaluate_task(ties, _artifact("subject"), parents, _suite(), "/store", "/output")
     # The base is what task vectors are taken against, not one of the merged models.
     assert task.uniform_merge_of == ["minilm-sentiment", "minilm-topic"]
 
@@ -34,5 +34,5 @@ def test_a_merge_is_evaluated_against_the_uniform_merge_of_what_it_merged() -> N
 def test_other_operators_have_no_uniform_merge_baseline() -> None:
     lora = Body.of("lora-specialist").descendant()
     parents = [_artifact(p.name) for p in lora.spec.parents]
-    task = evaluate_task(lora, _artifact("subject"), parents, _suite(), "/store", 1)
+    task = evaluate_task(lora, _artifact("subject"), parents, _suite(), "/store", "/output")
     assert task.uniform_merge_of == []

@@ -1,20 +1,26 @@
 """The contract between the operator and the Jobs it runs: task files in, result files out.
 
-A Job reads one task (``--task task.json``) and, on success, writes one result JSON to the
-``result`` URI the task names, in the artifact store. The operator reads that result back; a Job
-that exits 0 without a result has failed. Everything here is plain data, shared by the operator
-(:mod:`studbook.k8s`), the trainer (``studbook_trainer``) and ``studbook breed``.
+A Job reads one task (``--task task.json``) and writes what it makes into its own output
+directory, which the task names: the breed step its model under ``model/``, the evaluate step
+``scorecard.json``. On a cluster that directory is the only writable part of the store a step pod
+sees, bound to its Job's uid (``outputs/<job uid>``). The step is untrusted: it seals nothing and
+records nothing. Whoever runs the pipeline (the operator, or ``studbook breed``) seals the model
+and reads the scorecard from that directory, and writes its own records of each step. A Job
+that exits 0 without its output has failed. Everything here is plain data, shared by the
+operator (:mod:`studbook.k8s`), the trainer (``studbook_trainer``) and ``studbook breed``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
 from pydantic import Field
 
+from studbook import __version__
 from studbook.api.base import ApiModel
 from studbook.api.common import Compatibility, Digest, Name, Niche, ShortText, TrainingData
-from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile, ScorecardSummary
+from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile
 from studbook.api.operators import OperatorSpec
 from studbook.api.suite import EvaluationSuiteSpec
 
@@ -29,9 +35,10 @@ that, so the step fails at once. Either way the step's last words, one sentence,
 termination message (``/dev/termination-log`` on a cluster)."""
 TERMINATION_LOG_ENV: Final = "STUDBOOK_TERMINATION_LOG"
 """Names the file a step writes its termination message to, where Kubernetes mounts none."""
-IMAGE_ENV: Final = "STUDBOOK_IMAGE"
-"""The image reference a step's pod runs, as the operator wrote it into the pod spec: the
-lineage's codeVersion names the image's digest where the reference pins one."""
+MODEL_DIR: Final = "model"
+"""The directory in a breed step's output that holds the model it made."""
+SCORECARD_FILE: Final = "scorecard.json"
+"""The file in an evaluate step's output that holds its scorecard."""
 
 
 class ParentArtifact(ApiModel):
@@ -65,9 +72,10 @@ class BreedTask(ApiModel):
     compatibility: Compatibility
     """The contract the output must meet."""
     store: ShortText
-    """The artifact store's URI; the sealed package goes there."""
-    result: ShortText
-    """Where the result (:class:`BreedResultFile`) is written."""
+    """The artifact store's URI, which the parents are read from."""
+    output: ShortText
+    """The step's own output directory: it writes the model to ``model/`` there, and nothing
+    anywhere else."""
 
 
 class EvaluateTask(ApiModel):
@@ -95,9 +103,10 @@ class EvaluateTask(ApiModel):
     suite: EvaluationSuiteSpec
     """The suite itself."""
     store: ShortText
-    """The artifact store's URI."""
-    result: ShortText
-    """Where the result (:class:`EvaluateResultFile`) is written."""
+    """The artifact store's URI, which the subject and the parents are read from."""
+    output: ShortText
+    """The step's own output directory: it writes ``scorecard.json`` there, and nothing
+    anywhere else."""
 
 
 class SignTask(ApiModel):
@@ -120,25 +129,18 @@ class SignTask(ApiModel):
 
 
 class BreedResultFile(ApiModel):
-    """What a breed Job leaves."""
+    """The record of a breed step, written once its output is sealed.
+
+    The operator, or ``studbook breed``, writes it: the sealed artifact, and the lineage built
+    from the task, not from anything the step said.
+    """
 
     artifact: ArtifactStatus
     """The sealed artifact."""
     lineage: LineageStatus
     """Its lineage record."""
     profile: ResourceProfile | None = None
-    """Size and cost measured while breeding."""
-    log: Annotated[list[str], Field(max_length=64)] = []
-    """Notable lines for the descendant's status and events."""
-
-
-class EvaluateResultFile(ApiModel):
-    """What an evaluate Job leaves."""
-
-    scorecard: ScorecardSummary
-    """The scorecard's summary; the full scorecard is at ``scorecard.uri``."""
-    profile: ResourceProfile | None = None
-    """Latency and size measured during evaluation."""
+    """Size and cost measured while sealing."""
 
 
 class SignResultFile(ApiModel):
@@ -152,15 +154,33 @@ class SignResultFile(ApiModel):
     """The identity that signed."""
 
 
-def result_uri(store: str, namespace: str, name: str, step: str, attempt: int) -> str:
-    """Where the Job of one step and attempt writes its result, inside the artifact store."""
-    return f"{store.rstrip('/')}/runs/{namespace}/{name}/{step}-{attempt}.json"
+def output_uri(store: str, run: str) -> str:
+    """The output directory of one run of a step in the store: ``run`` is its Job's uid.
 
-
-def scorecard_uri(result: str) -> str:
-    """Where an evaluate Job stores its full scorecard: beside its result.
-
-    The operator derives it from the result's location and opens nothing else, whatever URI the
-    untrusted evaluate pod reports.
+    A pod sees only this directory writable (mounted by ``subPathExpr`` from its Job's uid), so
+    what is found here was written by that Job, and by no other.
     """
-    return result.removesuffix(".json") + ".scorecard.json"
+    if not re.fullmatch(r"[0-9a-z][0-9a-z-]{0,62}", run):
+        raise ValueError(f"not a run id: {run!r}")
+    return f"{store.rstrip('/')}/outputs/{run}"
+
+
+def record_uri(store: str, namespace: str, name: str, uid: str, step: str, attempt: int) -> str:
+    """Where the pipeline records one attempt of a descendant's step, inside the artifact store.
+
+    Keyed by the descendant's uid, so a descendant deleted and created again under the same name
+    never takes the records of the one before.
+    """
+    return f"{store.rstrip('/')}/runs/{namespace}/{name}/{uid}/{step}-{attempt}.json"
+
+
+def code_version(image: str | None) -> str:
+    """Studbook's version, with the image's digest where the step's image was pinned by one.
+
+    A tag can be moved; a digest names exactly the code that bred an artifact. The operator and
+    the trainer are released together under one version.
+    """
+    _, at, digest = (image or "").partition("@")
+    if at and re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        return f"{__version__}@{digest}"
+    return __version__

@@ -1,13 +1,20 @@
-"""Step results: small JSON documents a Job leaves in the store for whoever runs the pipeline."""
+"""Step records and outputs: small documents in the store, and reading what a step wrote.
+
+Records are written by whoever runs the pipeline. A step's output is untrusted:
+:func:`read_untrusted` opens no link, no device or pipe, and reads a bounded number of bytes.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from typing import TypeVar
 
 import fsspec
 from pydantic import BaseModel
+
+from studbook.artifacts.errors import PackageFormatError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,3 +44,34 @@ def read_result(uri: str, model: type[M]) -> M | None:
     except FileNotFoundError:
         return None
     return model.model_validate_json(raw)
+
+
+def read_untrusted(uri: str, limit: int) -> bytes | None:
+    """The bytes of a file an untrusted step wrote, or ``None`` if there is none.
+
+    A local file must be a regular file reached without following a link at its end (the step
+    could point one at a key) and open without blocking (a pipe would hang the reader); either
+    way it must not be larger than ``limit``. Each refusal is a :class:`PackageFormatError`.
+    """
+    fs, path = fsspec.core.url_to_fs(uri)
+    if "file" in fs.protocol:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise PackageFormatError(f"{uri} cannot be opened as a plain file: {error}") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise PackageFormatError(f"{uri} is not a regular file")
+            data = handle.read(limit + 1)
+    else:
+        try:
+            with fs.open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+        except FileNotFoundError:
+            return None
+    if len(data) > limit:
+        raise PackageFormatError(f"{uri} is larger than {limit} bytes")
+    return data

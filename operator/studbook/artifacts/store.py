@@ -52,6 +52,11 @@ SCORECARDS = "scorecards"
 BUNDLE_SUFFIX = ".sigstore.json"
 
 
+def package_dir(artifact: str) -> str:
+    """Where a package lives relative to a store's root."""
+    return f"sha256/{split_id(artifact)}"
+
+
 def _noop(_n: int) -> None:
     pass
 
@@ -91,7 +96,7 @@ class Store:
 
     def package_path(self, artifact: str) -> str:
         """Where one package lives in the filesystem."""
-        return f"{self.root}/sha256/{split_id(artifact)}"
+        return f"{self.root}/{package_dir(artifact)}"
 
     def _files(self, artifact: str) -> str:
         return f"{self.package_path(artifact)}/files"
@@ -254,7 +259,7 @@ class Store:
         """
         params = params or DigestParams()
         src = Path(source)
-        if not src.is_dir():
+        if src.is_symlink() or not src.is_dir():
             raise PackageFormatError(f"{src} is not a directory")
         listing = scan_local(src)
         has_lineage = any(p == LINEAGE_FILE for p, _ in listing)

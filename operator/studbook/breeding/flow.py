@@ -72,6 +72,8 @@ class JobObservation:
     """The exit status of its container, once it failed."""
     stuck: tuple[str, str] | None = None
     """Why a Pending Job runs no pod: a reason constant and what Kubernetes says."""
+    uid: str | None = None
+    """Its uid, which names its output directory in the store (``outputs/<uid>``)."""
 
     @property
     def refused(self) -> bool:
@@ -238,7 +240,8 @@ def _job_refs(o: Observed) -> list[JobRef]:
 def _why(job: JobObservation) -> str:
     """Why a finished Job did not complete its step."""
     if job.phase == "Succeeded":
-        return f"the Job succeeded but left no {job.step} result in the artifact store"
+        what = {"breed": "model", "evaluate": "scorecard"}.get(job.step, "result")
+        return f"the Job succeeded but left no {what} in its output"
     return job.reason or "the Job failed"
 
 

@@ -9,28 +9,17 @@ from __future__ import annotations
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import Descendant
 from studbook.api.suite import EvaluationSuite
-from studbook.api.task import (
-    BreedTask,
-    EvaluateTask,
-    ParentArtifact,
-    SignTask,
-    result_uri,
-)
+from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact, SignTask
 
 
 def _key(descendant: Descendant) -> str:
     return f"{descendant.metadata.namespace or 'default'}/{descendant.metadata.name}"
 
 
-def _result(descendant: Descendant, store: str, step: str, attempt: int) -> str:
-    namespace = descendant.metadata.namespace or "default"
-    return result_uri(store, namespace, descendant.metadata.name, step, attempt)
-
-
 def breed_task(
-    descendant: Descendant, parents: list[ParentArtifact], store: str, attempt: int
+    descendant: Descendant, parents: list[ParentArtifact], store: str, output: str
 ) -> BreedTask:
-    """The breed step: run the operator on the parents and seal the output into the store."""
+    """The breed step: run the operator on the parents, the model into ``output``."""
     spec = descendant.spec
     return BreedTask(
         descendant=_key(descendant),
@@ -39,7 +28,7 @@ def breed_task(
         data=spec.data,
         compatibility=spec.compatibility,
         store=store,
-        result=_result(descendant, store, "breed", attempt),
+        output=output,
     )
 
 
@@ -49,10 +38,10 @@ def evaluate_task(
     parents: list[ParentArtifact],
     suite: EvaluationSuite,
     store: str,
-    attempt: int,
+    output: str,
     champion: ParentArtifact | None = None,
 ) -> EvaluateTask:
-    """The evaluate step: score the sealed artifact against its parents on the suite.
+    """The evaluate step: score the sealed artifact against its parents, into ``output``.
 
     A merge is also scored against the uniform linear merge of the parents it merged.
     """
@@ -68,18 +57,21 @@ def evaluate_task(
         suite_digest=digest_of(suite.spec),
         suite=suite.spec,
         store=store,
-        result=_result(descendant, store, "evaluate", attempt),
+        output=output,
     )
 
 
 def sign_task(
-    descendant: Descendant, artifact_id: str, scorecard_uri: str, store: str, attempt: int
+    descendant: Descendant, artifact_id: str, scorecard_uri: str, store: str, record: str
 ) -> SignTask:
-    """The sign step: re-hash the artifact, then sign it and its scorecard."""
+    """The sign step: re-hash the artifact, then sign it and its scorecard.
+
+    ``record`` is where the pipeline records it (``studbook.api.task.record_uri``).
+    """
     return SignTask(
         descendant=_key(descendant),
         artifact_id=artifact_id,
         scorecard_uri=scorecard_uri,
         store=store,
-        result=_result(descendant, store, "sign", attempt),
+        result=record,
     )

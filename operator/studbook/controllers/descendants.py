@@ -28,9 +28,12 @@ from studbook.api.policy import BreedingPolicy
 from studbook.api.task import (
     EXIT_FAILED,
     EXIT_REFUSED,
+    BreedResultFile,
+    BreedTask,
+    EvaluateTask,
     ParentArtifact,
     SignResultFile,
-    result_uri,
+    record_uri,
 )
 from studbook.artifacts import Signer, Store, Verifier
 from studbook.artifacts.errors import ArtifactError, SigningError
@@ -52,7 +55,13 @@ from studbook.controllers.view import View, forget, typed
 from studbook.k8s import jobs as builders
 from studbook.k8s.client import apply as client_apply
 from studbook.k8s.client import config_map_value, create, create_if_absent, patch_status
-from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results
+from studbook.local.steps import (
+    parent_facts,
+    run_sign,
+    seal_output,
+    signer_from_dir,
+    step_results,
+)
 
 log = logging.getLogger("studbook.descendants")
 
@@ -204,17 +213,21 @@ class Controller:
             return Observed(
                 generation, status, now, name=name, missing=tuple(missing), decision=decision
             )
-        jobs = self._jobs(namespace, view.jobs_of(namespace, name))
+        bodies = view.jobs_of(namespace, name)
+        jobs = self._jobs(namespace, bodies)
         for attempt, signing in self._signings.get(str(descendant.metadata.uid), {}).items():
             jobs[("sign", attempt)] = signing
-        breed, evaluate, sign = step_results(
+        by_uid = {str(b["metadata"].get("uid")): b for b in bodies}
+
+        def seal(job: JobObservation, output: str) -> BreedResultFile:
+            return self._seal(by_uid[str(job.uid)], output)
+
+        results = step_results(
             self.settings.store,
-            namespace,
-            name,
+            self._records(descendant),
             jobs,
             policy.spec.evaluation_gates,
-            self._store_uri,
-            self.settings.job_store,
+            seal,
         )
         return Observed(
             name=name,
@@ -222,12 +235,36 @@ class Controller:
             status=status,
             now=now,
             decision=decision,
-            jobs=jobs,
-            breed=breed,
-            evaluate=evaluate,
-            sign=sign,
+            jobs=results.jobs,
+            breed=results.breed,
+            evaluate=results.evaluate,
+            sign=results.sign,
             max_attempts=1 + spec.resources.backoff_limit,
         )
+
+    def _records(self, descendant: Descendant) -> Callable[[Step, int], str]:
+        """Where this operator records a descendant's steps in the store."""
+        namespace = descendant.metadata.namespace or "default"
+        name, uid = descendant.metadata.name, str(descendant.metadata.uid)
+        return lambda step, attempt: record_uri(
+            self.settings.store, namespace, name, uid, step, attempt
+        )
+
+    def _seal(self, job: dict[str, Any], output: str) -> BreedResultFile:
+        """Seal a succeeded breed Job's model here, as the operator, with its task's lineage.
+
+        The task and the image are read from the Job's pod template, which the operator wrote
+        and which cannot change: the lineage names what the Job was told to run, not what its
+        pod says it did.
+        """
+        template = job["spec"]["template"]
+        task = BreedTask.model_validate_json(
+            template["metadata"]["annotations"][builders.ANNOTATION_TASK]
+        )
+        image = template["spec"]["containers"][0]["image"]
+        sealed = seal_output(Store.open(self.settings.store), task, output, image)
+        log.info("sealed %s from Job %s", sealed.artifact.id, job["metadata"]["name"])
+        return sealed
 
     def _verifier(self, namespace: str, policy: BreedingPolicy) -> Verifier:
         key = (str(policy.metadata.uid), policy.metadata.generation or 0)
@@ -330,6 +367,7 @@ class Controller:
             finished_at=finished,
             exit_code=exit_code,
             stuck=stuck,
+            uid=job["metadata"].get("uid"),
         )
 
     def _stuck(self, namespace: str, job: dict[str, Any]) -> tuple[str, str] | None:
@@ -390,13 +428,6 @@ class Controller:
                     )
         return None
 
-    def _store_uri(self, job_uri: str) -> str:
-        """A URI the Jobs wrote, as the operator reaches it."""
-        job_store = self.settings.job_store.rstrip("/")
-        if job_uri == job_store or job_uri.startswith(job_store + "/"):
-            return self.settings.store.rstrip("/") + job_uri[len(job_store) :]
-        return job_uri
-
     # -- acting ---------------------------------------------------------------------------
 
     def fence(self, namespace: str) -> None:
@@ -416,7 +447,7 @@ class Controller:
                 self._sign(descendant, observed, attempt)
                 signed = True
                 continue
-            task = self._task(descendant, observed, step, attempt, view)
+            task = self._task(descendant, observed, step, view)
             if namespace not in self._fenced:
                 self.fence(namespace)
             policy = view.policy(namespace, descendant.spec.policy_ref.name)
@@ -425,7 +456,7 @@ class Controller:
                 step,
                 attempt,
                 self.settings.jobs,
-                task.model_dump_json(by_alias=True, exclude_none=True),
+                task,
                 job_deadline(descendant.spec, policy.spec if policy is not None else None),
             )
             if create_if_absent(self.api, body):
@@ -449,9 +480,10 @@ class Controller:
         store = self.settings.store
         started = datetime.now(UTC)
         code, reason = 0, None
-        if read_result(result_uri(store, namespace, name, "sign", attempt), SignResultFile) is None:
-            scorecard = self._store_uri(str(observed.evaluate.scorecard.uri))
-            task = sign_task(descendant, observed.breed.artifact.id, scorecard, store, attempt)
+        record = self._records(descendant)("sign", attempt)
+        if read_result(record, SignResultFile) is None:
+            scorecard = str(observed.evaluate.scorecard.uri)
+            task = sign_task(descendant, observed.breed.artifact.id, scorecard, store, record)
             try:
                 run_sign(task, *self._signer())
             except SigningError as error:  # the key, the certificate or sigstore: may recover
@@ -483,16 +515,17 @@ class Controller:
         return signer_from_dir(self.settings.signing_dir)
 
     def _task(
-        self, descendant: Descendant, observed: Observed, step: Step, attempt: int, view: View
-    ) -> Any:
+        self, descendant: Descendant, observed: Observed, step: Step, view: View
+    ) -> BreedTask | EvaluateTask:
         store = self.settings.job_store
+        output = builders.OUTPUT_MOUNT
         namespace = descendant.metadata.namespace or "default"
         parents = [
             _parent_artifact(view.descendant(namespace, ref.name))
             for ref in descendant.spec.parents
         ]
         if step == "breed":
-            return breed_task(descendant, parents, store, attempt)
+            return breed_task(descendant, parents, store, output)
         assert observed.breed is not None
         artifact = observed.breed.artifact
         if step == "evaluate":
@@ -504,7 +537,7 @@ class Controller:
                 uri=artifact.uri,
                 niche=descendant.spec.niche,
             )
-            return evaluate_task(descendant, subject, parents, suite, store, attempt)
+            return evaluate_task(descendant, subject, parents, suite, store, output)
         raise ValueError(f"no Job runs the {step} step")
 
     def _patch_if_changed(

@@ -1,14 +1,19 @@
 """Builders of the Kubernetes objects a Descendant runs: its Jobs, and the NetworkPolicy of them.
 
-The breed pod is untrusted: it runs as non-root on a read-only root filesystem, gets no
-service-account token, and a NetworkPolicy lets it, like every step pod, reach nothing but the
-artifact store. No pod of a tenant namespace sees signing material: the operator signs in its
-own process. Every object is owned by its Descendant, so deleting the Descendant removes its
-Jobs (never the sealed artifact, which lives in the store).
+Step pods are untrusted: they run as non-root on a read-only root filesystem, get no
+service-account token, and a NetworkPolicy lets them reach nothing but the artifact store. Of the
+store's volume a step pod mounts only its inputs, read-only (the packages and data files its task
+names), and its own output directory, ``outputs/<its Job's uid>``, by ``subPathExpr`` from the
+uid the API server put in its labels: it can write nothing else, and what is found there was
+written by that Job. The operator seals and signs in its own process, so no pod of a tenant
+namespace sees signing material. Every object is owned by its Descendant, so deleting the
+Descendant removes its Jobs (never the sealed artifact, which lives in the store).
 """
 
 from __future__ import annotations
 
+import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +21,8 @@ from studbook import GROUP
 from studbook.api import reasons
 from studbook.api.descendant import Descendant, JobPhase, Step
 from studbook.api.policy import LABEL_GPU_PRODUCT
-from studbook.api.task import IMAGE_ENV
+from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact
+from studbook.artifacts.store import package_dir
 from studbook.breeding.flow import job_name
 
 Body = dict[str, Any]
@@ -28,6 +34,11 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_TASK = f"{GROUP}/task"
 STEP_POLICY = "studbook-steps"
 TASK_MOUNT = "/etc/studbook/task"
+OUTPUT_MOUNT = "/output"
+"""Where a step pod sees its own output directory; the task names it as ``output``."""
+LABEL_JOB_UID = "batch.kubernetes.io/controller-uid"
+"""The label the API server gives a Job's pods: the Job's uid."""
+JOB_UID_ENV = "STUDBOOK_JOB_UID"
 NON_ROOT_UID = 65532
 
 COMMANDS: dict[Step, tuple[str, ...]] = {
@@ -148,20 +159,60 @@ def _resources(owner: Descendant, purpose: Step) -> Body:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+_MOUNTABLE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def _in_store(uri: str, store_mount: str) -> str | None:
+    """A data URI's path inside the store's volume, if it is a local path under its mount."""
+    path = uri.removeprefix("file://")
+    if "://" in path or not path.startswith("/"):
+        return None
+    relative = posixpath.relpath(posixpath.normpath(path), store_mount)
+    if relative.startswith("..") or relative == "." or not _MOUNTABLE.fullmatch(relative):
+        return None
+    return relative
+
+
+def inputs(task: BreedTask | EvaluateTask, store_mount: str) -> list[str]:
+    """What of the store a step reads, as paths inside its volume: packages and data.
+
+    Its packages (parents, and for evaluation the subject and the champion) and the data its
+    task names that lies in the store: each dataset and suite dataset, and a founder's import
+    source. Sorted, so an enclosing directory is mounted before what it holds.
+    """
+    packages: list[ParentArtifact] = list(task.parents)
+    uris: list[str] = []
+    if isinstance(task, BreedTask):
+        uris += [d.uri for d in task.data]
+        if task.operator.import_ is not None:
+            uris.append(task.operator.import_.uri)
+    else:
+        packages.append(task.subject)
+        if task.champion is not None:
+            packages.append(task.champion)
+        uris += [d.uri for d in task.suite.datasets]
+    found = {package_dir(p.artifact_id) for p in packages}
+    found |= {rel for uri in uris if (rel := _in_store(uri, store_mount)) is not None}
+    return sorted(found)
+
+
 def job(
     owner: Descendant,
     purpose: Step,
     attempt: int,
     settings: JobSettings,
-    task_json: str,
+    task: BreedTask | EvaluateTask,
     deadline_seconds: int,
 ) -> Body:
     """The Job that runs one step (breed or evaluate) of a descendant.
 
     The task travels in the pod's annotation and reaches the container as a file through the
-    downward API: one object per step, nothing to clean up beside it. Kubernetes ends the
-    attempt after ``deadline_seconds`` (see ``breeding.admission.job_deadline``).
+    downward API: one object per step, nothing to clean up beside it. Its output must be
+    :data:`OUTPUT_MOUNT`. Kubernetes ends the attempt after ``deadline_seconds`` (see
+    ``breeding.admission.job_deadline``).
     """
+    if task.output != OUTPUT_MOUNT:
+        raise ValueError(f"a Job's task writes to {OUTPUT_MOUNT}, not {task.output}")
     name = job_name(owner.metadata.name, purpose, attempt)
     resources = owner.spec.resources
     labels = _labels(owner, purpose, attempt)
@@ -183,15 +234,27 @@ def job(
         {"name": "scratch", "emptyDir": {}},
         {"name": "artifacts", **settings.artifact_volume},
     ]
+    store = settings.store_mount.rstrip("/")
     mounts: list[Body] = [
         {"name": "task", "mountPath": TASK_MOUNT, "readOnly": True},
         {"name": "scratch", "mountPath": "/tmp"},
-        {"name": "artifacts", "mountPath": settings.store_mount},
+        *(
+            {"name": "artifacts", "mountPath": f"{store}/{rel}", "subPath": rel, "readOnly": True}
+            for rel in inputs(task, store)
+        ),
+        {
+            "name": "artifacts",
+            "mountPath": OUTPUT_MOUNT,
+            "subPathExpr": f"outputs/$({JOB_UID_ENV})",
+        },
     ]
     env = [
+        {
+            "name": JOB_UID_ENV,
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LABEL_JOB_UID}']"}},
+        },
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "HOME", "value": "/tmp"},
-        {"name": IMAGE_ENV, "value": settings.trainer_image},
     ]
     env += [{"name": key, "value": value} for key, value in settings.extra_env]
     pod_spec: Body = {
@@ -239,7 +302,12 @@ def job(
         "backoffLimit": 0,
         "activeDeadlineSeconds": deadline_seconds,
         "template": {
-            "metadata": {"labels": labels, "annotations": {ANNOTATION_TASK: task_json}},
+            "metadata": {
+                "labels": labels,
+                "annotations": {
+                    ANNOTATION_TASK: task.model_dump_json(by_alias=True, exclude_none=True)
+                },
+            },
             "spec": pod_spec,
         },
     }

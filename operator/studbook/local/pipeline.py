@@ -24,7 +24,16 @@ from studbook.api import Problem
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import Descendant, DescendantStatus, Step
 from studbook.api.policy import BreedingPolicySpec
-from studbook.api.task import EXIT_FAILED, TERMINATION_LOG_ENV, ParentArtifact
+from studbook.api.task import (
+    EXIT_FAILED,
+    TERMINATION_LOG_ENV,
+    BreedResultFile,
+    BreedTask,
+    ParentArtifact,
+    SignTask,
+    output_uri,
+    record_uri,
+)
 from studbook.artifacts import Store, TrustedKey, TrustPolicy, Verifier
 from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
@@ -32,10 +41,17 @@ from studbook.breeding.admission import Decision, ParentFacts, admit
 from studbook.breeding.flow import TERMINAL, JobObservation, Observed, job_name, reconcile
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.local.manifests import Manifests, ManifestsError, order
-from studbook.local.steps import parent_facts, run_sign, signer_from_dir, step_results
+from studbook.local.steps import (
+    parent_facts,
+    run_sign,
+    seal_output,
+    signer_from_dir,
+    step_results,
+)
 
 NAMESPACE = "local"
-"""The namespace of every run in a workspace: results live under ``runs/local/<name>``."""
+"""The namespace of every run in a workspace: each run of a descendant keeps its tasks, logs and
+records under ``runs/local/<name>/<run id>``, and each step writes into ``outputs/<its id>``."""
 
 Progress = Callable[[str, str], None]
 """Told each event of a descendant: its name and what happened."""
@@ -326,15 +342,24 @@ class LocalBreeder:
         status = DescendantStatus()
         jobs: dict[tuple[Step, int], JobObservation] = {}
         store = str(self.workspace.store)
-        runs = self.workspace.store / "runs" / NAMESPACE / name
+        # Each run of a descendant is new, as a resource created again gets a new uid.
+        flow = uuid.uuid4().hex
+        runs = self.workspace.store / "runs" / NAMESPACE / name / flow
         runs.mkdir(parents=True, exist_ok=True)
         local = descendant.model_copy(
             update={"metadata": descendant.metadata.model_copy(update={"namespace": NAMESPACE})}
         )
+        bred: dict[str, BreedTask] = {}
+
+        def records(step: Step, attempt: int) -> str:
+            return record_uri(store, NAMESPACE, name, flow, step, attempt)
+
+        def seal(job: JobObservation, output: str) -> BreedResultFile:
+            return seal_output(self.store, bred[str(job.uid)], output, None)
+
         while True:
-            breed, evaluate, sign = step_results(
-                store, NAMESPACE, name, jobs, policy.spec.evaluation_gates
-            )
+            results = step_results(store, records, jobs, policy.spec.evaluation_gates, seal)
+            breed, evaluate = results.breed, results.evaluate
             plan = reconcile(
                 Observed(
                     name=name,
@@ -342,13 +367,14 @@ class LocalBreeder:
                     status=status,
                     now=datetime.now(UTC),
                     decision=decision,
-                    jobs=jobs,
+                    jobs=results.jobs,
                     breed=breed,
                     evaluate=evaluate,
-                    sign=sign,
+                    sign=results.sign,
                     max_attempts=1 + descendant.spec.resources.backoff_limit,
                 )
             )
+            jobs = dict(results.jobs)
             status = plan.status
             if status.phase in TERMINAL:
                 break
@@ -362,8 +388,11 @@ class LocalBreeder:
             for step, attempt in plan.create:
                 self.progress(name, f"{step} (attempt {attempt})")
                 task_path = runs / f"{step}-{attempt}.task.json"
+                run = uuid.uuid4().hex
+                output = output_uri(store, run)
+                task: Any
                 if step == "breed":
-                    task: Any = breed_task(local, parents, store, attempt)
+                    task = bred[run] = breed_task(local, parents, store, output)
                 elif step == "evaluate":
                     assert breed is not None
                     subject = ParentArtifact(
@@ -372,15 +401,17 @@ class LocalBreeder:
                         uri=breed.artifact.uri,
                         niche=descendant.spec.niche,
                     )
-                    task = evaluate_task(local, subject, parents, suite, store, attempt)
+                    task = evaluate_task(local, subject, parents, suite, store, output)
                 else:
                     assert breed is not None and evaluate is not None
-                    task = sign_task(
-                        local, breed.artifact.id, str(evaluate.scorecard.uri), store, attempt
-                    )
+                    scorecard = str(evaluate.scorecard.uri)
+                    record = records("sign", attempt)
+                    task = sign_task(local, breed.artifact.id, scorecard, store, record)
+                if step != "sign":
+                    Path(output).mkdir(parents=True)
                 task_path.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
-                run = job_name(name, step, attempt)
-                jobs[(step, attempt)] = self._run(step, attempt, run, task_path, runs)
+                job = self._run(step, attempt, job_name(name, step, attempt), task_path, runs)
+                jobs[(step, attempt)] = replace(job, uid=run)
         self.workspace.record(name, _inputs(manifests, descendant, parents), status)
         self.progress(name, status.phase + (f": {status.message}" if status.message else ""))
         return status
@@ -392,8 +423,6 @@ class LocalBreeder:
         if step == "sign":
             try:
                 signer, identity = signer_from_dir(self.workspace.key_dir)
-                from studbook.api.task import SignTask
-
                 run_sign(SignTask.model_validate_json(task_path.read_bytes()), signer, identity)
                 code, reason = 0, ""
             except (ArtifactError, OSError, ValueError) as error:

@@ -17,18 +17,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from studbook.api import Problem
 from studbook.api.canonical import digest_of
 from studbook.api.descendant import Descendant
-from studbook.api.task import BreedResultFile, ParentArtifact
+from studbook.api.task import ParentArtifact
 from studbook.artifacts import Lineage, Manifest, Store
 from studbook.artifacts.digest import FileEntry
-from studbook.artifacts.results import read_result
+from studbook.artifacts.errors import ArtifactError
 from studbook.breeding.tasks import breed_task
 from studbook.local.manifests import Manifests
 from studbook.local.pipeline import Activity, StepProcesses
+from studbook.local.steps import seal_output
 
 
 class ReproduceError(Exception):
@@ -210,24 +209,22 @@ def rebreed(
                 niche=manifests.descendants[ref.name].spec.niche,
             )
         )
-    task = breed_task(descendant, parents, str(scratch / "store"), attempt=1)
-    runs = Path(task.result).parent
-    runs.mkdir(parents=True, exist_ok=True)
-    task_path = runs / "breed-1.task.json"
+    output = scratch / "output"
+    output.mkdir()
+    task = breed_task(descendant, parents, str(scratch / "store"), str(output))
+    task_path = scratch / "breed.task.json"
     task_path.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
     code, reason = StepProcesses().run(
-        ["run", "--task", str(task_path)], runs / "breed-1.log", activity
+        ["run", "--task", str(task_path)], scratch / "breed.log", activity
     )
     if code != 0:
         raise ReproduceError(f"the breed step failed: {reason}")
     try:
-        result = read_result(task.result, BreedResultFile)
-    except ValidationError as error:
-        raise ReproduceError(
-            f"the breed step left a malformed result: {error.errors()[0]}"
-        ) from None
-    if result is None:
-        raise ReproduceError("the breed step succeeded but left no result")
+        result = seal_output(scratch_store, task, str(output), None)
+    except FileNotFoundError:
+        raise ReproduceError("the breed step succeeded but left no model") from None
+    except ArtifactError as error:
+        raise ReproduceError(f"the breed step's output was refused: {error}") from None
     rebred = result.artifact.id
     return Outcome(
         store.manifest(artifact),

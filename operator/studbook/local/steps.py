@@ -1,15 +1,24 @@
-"""The steps of the pipeline that run outside the trainer: signing, and reading step results.
+"""The trusted half of the pipeline: sealing and judging what the steps left, and signing.
 
-The operator (which signs in its own process) and ``studbook breed`` use the same functions here,
-so a descendant is signed and judged the same way on a cluster and on a laptop.
+Breed and evaluate steps are untrusted: each writes only into its own output directory. The
+operator (in its own process) and ``studbook breed`` use the same functions here to seal a breed
+step's model with the lineage its task gives, to read an evaluate step's scorecard from that
+step's output and nowhere else, and to sign, so a descendant is sealed, signed and judged the
+same way on a cluster and on a laptop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,20 +26,32 @@ import fsspec
 from cryptography.hazmat.primitives import serialization
 from pydantic import BaseModel, ValidationError
 
-from studbook.api.descendant import Descendant, DescendantStatus, ScorecardSummary, Step
+from studbook.api.canonical import digest_of
+from studbook.api.descendant import (
+    ArtifactStatus,
+    Descendant,
+    DescendantStatus,
+    LineageStatus,
+    ResourceProfile,
+    ScorecardSummary,
+    Step,
+)
 from studbook.api.policy import EvaluationGates
 from studbook.api.scorecard import Scorecard
 from studbook.api.task import (
+    EXIT_REFUSED,
+    MODEL_DIR,
+    SCORECARD_FILE,
     BreedResultFile,
-    EvaluateResultFile,
+    BreedTask,
     SignResultFile,
     SignTask,
-    result_uri,
-    scorecard_uri,
+    code_version,
+    output_uri,
 )
-from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Signer, Store
-from studbook.artifacts.errors import ArtifactError, SignatureError
-from studbook.artifacts.results import read_result, write_result
+from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Lineage, Signer, Store
+from studbook.artifacts.errors import ArtifactError, PackageFormatError, SignatureError
+from studbook.artifacts.results import read_result, read_untrusted, write_result
 from studbook.artifacts.signing import sign_artifact, sign_scorecard
 from studbook.breeding.admission import ParentFacts
 from studbook.breeding.flow import (
@@ -67,11 +88,16 @@ def signer_from_dir(directory: Path) -> tuple[Signer, str]:
     return KeySigner(key), "key:" + hashlib.sha256(public).hexdigest()[:16]
 
 
+SCORECARD_LIMIT = 16 * 2**20
+"""The largest scorecard read from a step's output."""
+
+
 def run_sign(task: SignTask, signer: Signer, identity: str) -> SignResultFile:
     """Re-hash the artifact, sign it and its scorecard, and write the result."""
     store = Store.open(task.store)
-    with fsspec.open(task.scorecard_uri, "rb") as handle:
-        scorecard = handle.read()
+    scorecard = read_untrusted(task.scorecard_uri, SCORECARD_LIMIT)
+    if scorecard is None:
+        raise PackageFormatError(f"no scorecard at {task.scorecard_uri}")
     signature = sign_artifact(store, task.artifact_id, signer)
     card = sign_scorecard(store, task.artifact_id, scorecard, signer)
     base = store.package_path(task.artifact_id)
@@ -84,60 +110,172 @@ def run_sign(task: SignTask, signer: Signer, identity: str) -> SignResultFile:
     return result
 
 
+def lineage_of(task: BreedTask, image: str | None) -> Lineage:
+    """The lineage of what a breed task makes: its inputs, as the task names them.
+
+    Built from the task the pipeline handed the step, never from anything the step said.
+    """
+    return Lineage(
+        parents=tuple(p.artifact_id for p in task.parents),
+        operator=task.operator.kind,
+        config_hash=digest_of(task.operator.content_config()),
+        dataset_digests={d.name: d.digest for d in task.data},
+        code_version=code_version(image),
+    )
+
+
+@contextmanager
+def _local(directory: str) -> Iterator[Path]:
+    """A directory of a store as a local one: itself, or a copy of an object store's."""
+    fs, path = fsspec.core.url_to_fs(directory)
+    if "file" in fs.protocol:
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="studbook-output-") as tmp:
+        if fs.exists(path):
+            fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+            yield Path(tmp)
+        else:
+            yield Path(tmp) / "absent"
+
+
+def seal_output(store: Store, task: BreedTask, output: str, image: str | None) -> BreedResultFile:
+    """Seal the model a breed step left in ``output``, with the lineage its task gives.
+
+    The step's output is untrusted: a link or anything but a regular file in it refuses it
+    (:class:`PackageFormatError`). A step that left no model raises :class:`FileNotFoundError`.
+    The output is left as it is: :func:`discard_output` removes it once the result is recorded.
+    """
+    lineage = lineage_of(task, image)
+    with _local(f"{output.rstrip('/')}/{MODEL_DIR}") as model:
+        if model.is_symlink():
+            raise PackageFormatError(f"the step's {MODEL_DIR} is a symbolic link")
+        if not model.exists():
+            raise FileNotFoundError(f"the step left no {MODEL_DIR} in its output")
+        manifest = store.seal(model, lineage)
+    created = datetime.now(UTC)
+    return BreedResultFile(
+        artifact=ArtifactStatus(
+            id=manifest.id,
+            short_id=manifest.id[7:19],
+            uri=store.package_path(manifest.id),
+            size_bytes=manifest.size,
+        ),
+        lineage=LineageStatus(
+            parent_ids=list(lineage.parents),
+            operator=task.operator.kind,
+            config_hash=lineage.config_hash,
+            data_digests=[d.digest for d in task.data],
+            code_version=lineage.code_version,
+            created_at=created,
+        ),
+        profile=ResourceProfile(size_bytes=manifest.size),
+    )
+
+
+def discard_output(output: str) -> None:
+    """Remove a breed step's model from its output once it is sealed and recorded."""
+    fs, path = fsspec.core.url_to_fs(f"{output.rstrip('/')}/{MODEL_DIR}")
+    if "file" in fs.protocol:
+        shutil.rmtree(path, ignore_errors=True)
+    elif fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@dataclass(frozen=True)
+class StepResults:
+    """What the finished steps of a descendant left, as the flow takes it."""
+
+    breed: BreedResult | None
+    evaluate: EvaluateResult | None
+    sign: SignResult | None
+    jobs: Mapping[tuple[Step, int], JobObservation]
+    """The observed Jobs; a succeeded one whose output was refused shows as failed, refused."""
+
+
+Records = Callable[[Step, int], str]
+"""Where the pipeline records an attempt of a step (``studbook.api.task.record_uri``)."""
+
+
 def step_results(
     store: str,
-    namespace: str,
-    name: str,
+    records: Records,
     jobs: Mapping[tuple[Step, int], JobObservation],
     gates: EvaluationGates,
-    reachable: Callable[[str], str] = lambda uri: uri,
-    job_store: str | None = None,
-) -> tuple[BreedResult | None, EvaluateResult | None, SignResult | None]:
-    """What the finished steps of a descendant left in the store, as the flow takes it.
+    seal: Callable[[JobObservation, str], BreedResultFile],
+) -> StepResults:
+    """Seal, read and judge what the latest succeeded attempt of each step left.
 
-    Only the latest succeeded attempt of a step counts. The scorecard is read back and gated by
-    the policy here, outside the pod that computed it. ``job_store`` is the store as the steps
-    see it (default: ``store``), and ``reachable`` maps a URI as a step wrote it to one the
-    caller can open.
+    A breed step's model is sealed by ``seal`` (given the Job and its output) once, and the
+    record written; an evaluate step's scorecard is read from its own output only, re-checked
+    and gated by the policy here, outside the pod that computed it. ``store`` is the store as
+    the caller reaches it; each Job's output is ``outputs/<its uid>`` in it.
     """
+    observed = dict(jobs)
 
-    def latest_uri(step: Step, seen_from: str = store) -> str | None:
+    def latest(step: Step) -> JobObservation | None:
         done = [a for (s, a), job in jobs.items() if s == step and job.phase == "Succeeded"]
-        return result_uri(seen_from, namespace, name, step, max(done)) if done else None
+        return jobs[(step, max(done))] if done else None
 
-    def latest(step: Step, model: type[M]) -> M | None:
-        uri = latest_uri(step)
-        if uri is None:
-            return None
-        try:
-            return read_result(uri, model)
-        except ValidationError as error:
-            log.warning("%s result at %s is malformed: %s", step, uri, error)
-            return None
+    def refuse(job: JobObservation, why: str) -> None:
+        log.warning("%s attempt %d refused: %s", job.step, job.attempt, why)
+        observed[(job.step, job.attempt)] = dataclasses.replace(
+            job, phase="Failed", exit_code=EXIT_REFUSED, reason=why
+        )
 
-    bred = latest("breed", BreedResultFile)
-    evaluated = latest("evaluate", EvaluateResultFile)
-    signed = latest("sign", SignResultFile)
+    bred = None
+    if (job := latest("breed")) is not None and job.uid is not None:
+        record = records("breed", job.attempt)
+        bred = _read_record(record, BreedResultFile)
+        if bred is None:
+            output = output_uri(store, job.uid)
+            try:
+                bred = seal(job, output)
+            except ArtifactError as error:
+                refuse(job, f"its output was refused: {error}")
+            except FileNotFoundError:
+                pass  # the flow says the Job left no result
+            else:
+                write_result(record, bred)
+                discard_output(output)
     evaluation = None
-    # Where the evaluate step was told to write, in its own terms, which its result must name.
-    evaluated_at = latest_uri("evaluate", job_store or store)
-    if evaluated is not None and evaluated_at is not None:
-        summary = evaluated.scorecard
-        expected = scorecard_uri(evaluated_at)
-        if summary.uri != expected:
-            # The pod chose where its scorecard is; only the location bound to its Job counts.
-            log.warning("evaluate result names scorecard %r, not %s", summary.uri, expected)
-        else:
-            with fsspec.open(reachable(expected), "rb") as handle:
-                card = Scorecard.model_validate_json(handle.read())
-            # Status shows the stored scorecard, the one signed next, not what the pod says of it.
-            headline = ScorecardSummary.of(card, expected)
-            evaluation = EvaluateResult(headline, tuple(evaluation_gate(card, gates).reasons))
-    return (
+    if (job := latest("evaluate")) is not None and job.uid is not None and bred is not None:
+        uri = f"{output_uri(store, job.uid)}/{SCORECARD_FILE}"
+        try:
+            evaluation = _judge(uri, bred.artifact.id, gates)
+        except (ArtifactError, ValidationError) as error:
+            refuse(job, f"its scorecard was refused: {error}")
+    sign = None
+    if (job := latest("sign")) is not None:
+        signed = _read_record(records("sign", job.attempt), SignResultFile)
+        sign = SignResult(signed.signature_uri, signed.signer) if signed else None
+    return StepResults(
         BreedResult(bred.artifact, bred.lineage, bred.profile) if bred else None,
         evaluation,
-        SignResult(signed.signature_uri, signed.signer) if signed else None,
+        sign,
+        observed,
     )
+
+
+def _read_record(uri: str, model: type[M]) -> M | None:
+    try:
+        return read_result(uri, model)
+    except ValidationError as error:
+        log.warning("the record at %s is malformed: %s", uri, error)
+        return None
+
+
+def _judge(uri: str, subject: str, gates: EvaluationGates) -> EvaluateResult | None:
+    """The scorecard at ``uri``, checked to be about ``subject``, and the policy's verdict."""
+    raw = read_untrusted(uri, SCORECARD_LIMIT)
+    if raw is None:
+        return None
+    card = Scorecard.model_validate_json(raw)
+    if card.subject != subject:
+        raise PackageFormatError(f"it scores {card.subject}, not the artifact {subject}")
+    # Status shows the stored scorecard, the one signed next, not what the pod says of it.
+    headline = ScorecardSummary.of(card, uri)
+    return EvaluateResult(headline, tuple(evaluation_gate(card, gates).reasons))
 
 
 def parent_facts(

@@ -1,5 +1,6 @@
-"""The pipeline's steps on a real model: import a founder and a specialist (breed), evaluate the
-specialist against its parent, sign both: the path every Descendant takes, without a cluster."""
+"""The pipeline's steps on a real model: import a founder and a specialist (breed, then sealed by
+the trusted half), evaluate the specialist against its parent, sign both: the path every
+Descendant takes, without a cluster."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import pytest
 from tests.keys import ec_key
 
 from studbook.api.common import Compatibility, Niche
+from studbook.api.descendant import ScorecardSummary
 from studbook.api.operators import OperatorSpec
 from studbook.api.scorecard import Scorecard
 from studbook.api.suite import EvaluationSuiteSpec
 from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact, SignTask
 from studbook.artifacts import Store, TrustedKey, TrustPolicy, Verifier
-from studbook.local.steps import run_sign, signer_from_dir
+from studbook.local.steps import discard_output, run_sign, seal_output, signer_from_dir
 from studbook_trainer.operators.simple import directory_id
 from studbook_trainer.steps import breed, evaluate_step
 
@@ -37,23 +39,31 @@ def _import(store: Path, source: Path, name: str) -> BreedTask:
         operator=operator,
         compatibility=COMPAT,
         store=str(store),
-        result=str(store / "runs" / "ml" / name / "breed-1.json"),
+        output=str(store / "outputs" / f"breed-{name}"),
     )
+
+
+def _bred(store: Path, source: Path, name: str) -> str:
+    """Breed (untrusted) into the step's output, then seal it (trusted): the artifact id."""
+    task = _import(store, source, name)
+    made = breed(task)
+    assert made == Path(task.output) / "model" and (made / "config.json").exists()
+    sealed = seal_output(Store.open(store), task, task.output, None)
+    assert Store.open(store).exists(sealed.artifact.id)
+    discard_output(task.output)
+    assert not made.exists(), "the sealed copy is the one that counts"
+    return sealed.artifact.id
 
 
 def test_breed_evaluate_sign_a_specialist_against_its_parent(
     tmp_path: Path, models: Models, data: Data
 ) -> None:
     store_dir = tmp_path / "store"
-    base = breed(_import(store_dir, models.base, "base"))
-    specialist = breed(_import(store_dir, models.sentiment, "sentiment"))
+    base = _bred(store_dir, models.base, "base")
+    specialist = _bred(store_dir, models.sentiment, "sentiment")
     store = Store.open(store_dir)
-    assert store.exists(base.artifact.id) and store.exists(specialist.artifact.id)
-    assert store.lineage(specialist.artifact.id).operator == "import"
-    assert (
-        json.loads(Path(store_dir / "runs/ml/sentiment/breed-1.json").read_text())["artifact"]["id"]
-        == specialist.artifact.id
-    )
+    assert store.exists(base) and store.exists(specialist)
+    assert store.lineage(specialist).operator == "import"
 
     def artifact(name: str, result_id: str, taxonomy: list[str]) -> ParentArtifact:
         return ParentArtifact(
@@ -66,26 +76,28 @@ def test_breed_evaluate_sign_a_specialist_against_its_parent(
     suite = EvaluationSuiteSpec.model_validate_json(json.dumps(suite_spec(data)))
     task = EvaluateTask(
         descendant="ml/sentiment",
-        subject=artifact("sentiment", specialist.artifact.id, ["classification/sentiment"]),
-        parents=[artifact("base", base.artifact.id, ["classification/topic"])],
+        subject=artifact("sentiment", specialist, ["classification/sentiment"]),
+        parents=[artifact("base", base, ["classification/topic"])],
         suite_name="sentiment-topic",
         suite_digest="sha256:" + "5" * 64,
         suite=suite,
         store=str(store_dir),
-        result=str(store_dir / "runs/ml/sentiment/evaluate-1.json"),
+        output=str(store_dir / "outputs" / "evaluate-sentiment"),
     )
-    evaluated = evaluate_step(task)
-    card = Scorecard.model_validate_json(Path(str(evaluated.scorecard.uri)).read_bytes())
-    assert card.subject == specialist.artifact.id
-    assert evaluated.scorecard.metrics["sentiment-gate/accuracy"] > 0.8
+    card = evaluate_step(task)
+    written = Path(task.output) / "scorecard.json"
+    assert Scorecard.model_validate_json(written.read_bytes()) == card
+    evaluated = ScorecardSummary.of(card, str(written))
+    assert card.subject == specialist
+    assert evaluated.metrics["sentiment-gate/accuracy"] > 0.8
     assert {c.name for c in card.comparisons} >= {"base", "majority-class"}
-    assert evaluated.scorecard.net_gain is not None and evaluated.scorecard.net_gain > 0
+    assert evaluated.net_gain is not None and evaluated.net_gain > 0
     # The fitness a search ranks by is the suite's objective: the mean of its objective metrics.
     assert card.objective is not None and card.objective.metrics == [
         "sentiment-gate/accuracy",
         "topic-gate/accuracy",
     ]
-    assert evaluated.scorecard.fitness == card.objective.value
+    assert evaluated.fitness == card.objective.value
     values = {m.key: m.value for m in card.metrics}
     mean = (values["sentiment-gate/accuracy"] + values["topic-gate/accuracy"]) / 2
     assert card.objective.value == pytest.approx(mean)
@@ -95,8 +107,8 @@ def test_breed_evaluate_sign_a_specialist_against_its_parent(
     run_sign(
         SignTask(
             descendant="ml/sentiment",
-            artifact_id=specialist.artifact.id,
-            scorecard_uri=str(evaluated.scorecard.uri),
+            artifact_id=specialist,
+            scorecard_uri=str(written),
             store=str(store_dir),
             result=str(store_dir / "runs/ml/sentiment/sign-1.json"),
         ),
@@ -105,6 +117,6 @@ def test_breed_evaluate_sign_a_specialist_against_its_parent(
     )
     trust = TrustPolicy(signers=(TrustedKey(public_key=public),), check_parents=False)
     verifier = Verifier(store, trust)
-    assert verifier.verify(specialist.artifact.id).id == specialist.artifact.id
-    (scorecard,) = verifier.verify_scorecards(specialist.artifact.id)
+    assert verifier.verify(specialist).id == specialist
+    (scorecard,) = verifier.verify_scorecards(specialist)
     assert scorecard is not None

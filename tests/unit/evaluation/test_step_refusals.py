@@ -24,6 +24,7 @@ from studbook.api.task import (
     ParentArtifact,
 )
 from studbook.artifacts import Store
+from studbook.local.steps import seal_output
 from studbook_trainer.__main__ import main
 from studbook_trainer.evaluation import bytes_digest
 from studbook_trainer.operators.simple import directory_id
@@ -37,25 +38,25 @@ def test_a_swapped_suite_dataset_refuses_the_evaluate_step_naming_both_digests(
     tmp_path: Path, data: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store_dir = tmp_path / "store"
-    founder = breed(
-        BreedTask(
-            descendant="ml/base",
-            operator=OperatorSpec.model_validate(
-                {
-                    "kind": "import",
-                    "import": {
-                        "uri": str(fx.minilm_dir()),
-                        "digest": directory_id(fx.minilm_dir()),
-                    },
-                }
-            ),
-            compatibility=Compatibility(
-                base_family="minilm", architecture="BertModel", tokenizer_id="t"
-            ),
-            store=str(store_dir),
-            result=str(store_dir / "runs" / "breed-1.json"),
-        )
+    imported = BreedTask(
+        descendant="ml/base",
+        operator=OperatorSpec.model_validate(
+            {
+                "kind": "import",
+                "import": {
+                    "uri": str(fx.minilm_dir()),
+                    "digest": directory_id(fx.minilm_dir()),
+                },
+            }
+        ),
+        compatibility=Compatibility(
+            base_family="minilm", architecture="BertModel", tokenizer_id="t"
+        ),
+        store=str(store_dir),
+        output=str(store_dir / "outputs" / "breed"),
     )
+    breed(imported)
+    founder = seal_output(Store.open(store_dir), imported, imported.output, None)
     spec = suite_spec(data)
     gate = tmp_path / "gate.jsonl"
     shutil.copy(data.files["topic-gate"], gate)
@@ -72,7 +73,7 @@ def test_a_swapped_suite_dataset_refuses_the_evaluate_step_naming_both_digests(
         suite_digest="sha256:" + "5" * 64,
         suite=EvaluationSuiteSpec.model_validate_json(json.dumps(spec)),
         store=str(store_dir),
-        result=str(store_dir / "runs" / "evaluate-1.json"),
+        output=str(store_dir / "outputs" / "evaluate"),
     )
     task_file = tmp_path / "evaluate.json"
     task_file.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
@@ -84,7 +85,7 @@ def test_a_swapped_suite_dataset_refuses_the_evaluate_step_naming_both_digests(
     assert (
         f"hashes to {bytes_digest(gate.read_bytes())}, the suite pins {entry['digest']}" in reason
     )
-    assert not (store_dir / "runs" / "evaluate-1.json").exists()
+    assert not (store_dir / "outputs" / "evaluate" / "scorecard.json").exists()
 
 
 def test_local_breed_fails_a_refused_import_at_once(tmp_path: Path, data: Data) -> None:

@@ -83,7 +83,7 @@ def test_a_refused_import_seals_nothing(tmp_path: Path) -> None:
         ),
         compatibility=COMPAT,
         store=str(tmp_path / "store"),
-        result=str(tmp_path / "store" / "runs" / "breed-1.json"),
+        output=str(tmp_path / "store" / "outputs" / "breed"),
     )
     with pytest.raises(OperatorError, match=r"pytorch_model\.bin is a pickle"):
         breed(task)
@@ -148,7 +148,7 @@ def _finetune(tmp_path: Path, uri: str, digest: str) -> Path:
         data=[TrainingData(name="train", uri=uri, digest=digest)],
         compatibility=COMPAT,
         store=str(tmp_path / "store"),
-        result=str(tmp_path / "store" / "runs" / "breed-1.json"),
+        output=str(tmp_path / "store" / "outputs" / "breed"),
     )
     path = tmp_path / "task.json"
     path.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
