@@ -88,17 +88,22 @@ def suite(inputs: Inputs) -> dict[str, Any]:
     return body.manifest
 
 
+def key_signer(public_key: str) -> dict[str, Any]:
+    """A policy's trusted signer of one public key (PEM)."""
+    return {"name": "e2e-key", "kind": "key", "key": {"publicKey": public_key}}
+
+
 def governance_and_founder(
-    kube: client.ApiClient, namespace: str, public_key: str, inputs: Inputs
+    kube: client.ApiClient, namespace: str, signer: dict[str, Any], inputs: Inputs
 ) -> Body:
-    """Apply a policy trusting ``public_key`` and a suite on real data; return the founder's
+    """Apply a policy trusting ``signer`` and a suite on real data; return the founder's
     manifest, a MiniLM classifier imported on the local runner."""
     founder_dir = share(fx.base_classifier(inputs.host / "founder"))
     policy = (
         Body.of("policy")
         .set(
             "spec.trustedSigners",
-            [{"name": "e2e-key", "kind": "key", "key": {"publicKey": public_key}}],
+            [signer],
         )
         # The local runner's node, as the policy allows descendants to ask for it.
         .set(
@@ -163,10 +168,12 @@ def lora(name: str, niche: str, data: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def apply_family(kube: client.ApiClient, namespace: str, public_key: str, inputs: Inputs) -> None:
+def apply_family(
+    kube: client.ApiClient, namespace: str, signer: dict[str, Any], inputs: Inputs
+) -> None:
     """Apply the whole population, children first: each waits for its parents to be Ready, as
     with `kubectl apply -f dir/`."""
-    founder = governance_and_founder(kube, namespace, public_key, inputs)
+    founder = governance_and_founder(kube, namespace, signer, inputs)
     merge = (
         Body.of("ties-merge")
         .set("spec.operator.merge.overrides", [])
@@ -180,11 +187,12 @@ def apply_family(kube: client.ApiClient, namespace: str, public_key: str, inputs
     apply(kube, namespace, founder.manifest)
 
 
-def check_family(statuses: list[dict[str, Any]]) -> None:
-    """Every member Ready, signed and passing; lineage and gains as bred."""
+def check_family(statuses: list[dict[str, Any]], signer: str = "key:") -> None:
+    """Every member Ready, signed (by a signer whose name starts with ``signer``) and passing;
+    lineage and gains as bred."""
     for name, status in zip(NAMES, statuses, strict=True):
         assert status["phase"] == "Ready", (name, status.get("message"))
-        assert status["artifact"]["signer"].startswith("key:"), name
+        assert status["artifact"]["signer"].startswith(signer), (name, status["artifact"])
         assert status["scorecard"]["verdict"] == "pass", name
     base, sentiment, topic, merged = statuses
     assert sentiment["lineage"]["operator"] == "lora"
@@ -199,8 +207,9 @@ def check_family(statuses: list[dict[str, Any]]) -> None:
     assert gain > base["scorecard"]["metrics"]["sentiment-gate/accuracy"]
 
 
-def verify(artifact_id: str, store: Path, trusted_key: Path, *extra: str) -> None:
-    """`studbook verify` of an artifact, the way a user checks one."""
+def verify(artifact_id: str, store: Path, *trust: str) -> None:
+    """`studbook verify` of an artifact, the way a user checks one, trusting what the options
+    ``trust`` name (``--trusted-key PEM``, or a keyless identity)."""
     verified = subprocess.run(
         [
             sys.executable,
@@ -210,9 +219,7 @@ def verify(artifact_id: str, store: Path, trusted_key: Path, *extra: str) -> Non
             artifact_id,
             "--store",
             str(store),
-            "--trusted-key",
-            str(trusted_key),
-            *extra,
+            *trust,
         ],
         capture_output=True,
         text=True,

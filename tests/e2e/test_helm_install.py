@@ -6,10 +6,16 @@ as a podman container of the operator image (its ServiceAccount's token, its rea
 its volumes), and that operator creates Jobs whose pods run as containers of the trainer image.
 What the test cluster lacks is a Service network, so the admission webhook is off (the operator
 refuses at reconcile either way), and one replica runs, on the runner's node.
+
+The operator signs keyless, as the chart sets it up: its pod's projected service-account token,
+issued by the test API server, is certified by the offline sigstore stand-in (Fulcio, CT log and
+Rekor from npm's @sigstore/mock, on loopback), which trusts that API server's issuer and keys. No
+signing key exists anywhere; the policy trusts the operator's service account by name.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +32,8 @@ from tests.cluster.fixtures import apply_peering_crds
 from tests.cluster.images import built, image
 from tests.cluster.podrunner import LABEL_POD_UID, PODMAN
 from tests.e2e.family import LOCAL_NODE, NAMES, Inputs, apply_family, check_family, verify
-from tests.keys import ec_key
 from tests.operator_fixtures import descendant_status, provisioned, wait_for
+from tests.sigstore.stand_in import SigstoreStandIn
 
 pytestmark = pytest.mark.cluster
 
@@ -37,60 +43,96 @@ JOB_MOUNT = "/work"
 
 @dataclass(frozen=True)
 class Release:
-    """An installed release: its namespace, the store's directory here, the signer's key."""
+    """An installed release: its namespace, the store's directory here, how its signer is
+    trusted (a policy's trusted signer and `studbook verify`'s options) and named."""
 
     namespace: str
     store: Path
-    public_key: str
+    signer: dict[str, Any]
+    verify_options: tuple[str, ...]
+    identity: str
+
+
+def _service_account_issuer(kube: client.ApiClient) -> tuple[str, dict[str, Any]]:
+    """The API server's service-account issuer and the keys it signs tokens with."""
+    # Raw bodies: the generated client parses these as str and hands back a repr.
+    known = client.WellKnownApi(kube)
+    discovery = known.get_service_account_issuer_open_id_configuration(_preload_content=False)
+    keys = client.OpenidApi(kube).get_service_account_issuer_open_id_keyset(_preload_content=False)
+    return json.loads(discovery.data)["issuer"], json.loads(keys.data)
 
 
 @pytest.fixture
 def release(
     cluster: ControlPlane, kube: client.ApiClient, namespace: str, tmp_path: Path
 ) -> Iterator[Release]:
-    """`helm install` of the chart into a namespace of its own, watching the test's namespace."""
+    """`helm install` of the chart into a namespace of its own, watching the test's namespace,
+    signing keyless."""
     home = f"{namespace[:50]}-sys"
     core = client.CoreV1Api(kube)
     core.create_namespace({"metadata": {"name": home}})
     apply_peering_crds(kube)
-    # The signing key, in the release's namespace only.
-    public_key = ec_key(tmp_path / "signing" / "key.pem")
-    core.create_namespaced_secret(
-        home,
-        {
-            "metadata": {"name": "studbook-signing"},
-            "stringData": {"key.pem": (tmp_path / "signing" / "key.pem").read_text()},
-        },
-    )
-    store = provisioned(tmp_path / "store")
-    values = {
-        "image": {"operator": image("operator"), "trainer": image("trainer")},
-        "replicas": 1,
-        "watchNamespaces": [namespace],
-        "store": {
-            # null drops the chart's default PersistentVolumeClaim (Helm merges maps).
-            "volume": {"persistentVolumeClaim": None, "hostPath": {"path": str(store)}},
-            "jobMount": JOB_MOUNT,
-        },
-        # Pods on the runner's node share this machine's network: ports that are free here.
-        "metrics": {"port": free_port()},
-        "health": {"port": free_port()},
-        "webhook": {"enabled": False},
-        **LOCAL_NODE,
-    }
-    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
-    helm = [str(helm_binary()), "--kubeconfig", str(cluster.kubeconfig)]
-    name = f"sb-{namespace[-6:]}"
-    installed = subprocess.run(
-        [*helm, "install", name, str(CHART), "-n", home, "-f", str(tmp_path / "values.yaml")],
-        capture_output=True,
-        text=True,
-    )
-    assert installed.returncode == 0, installed.stderr
-    try:
-        yield Release(home, store, public_key)
-    finally:
-        subprocess.run([*helm, "uninstall", name, "-n", home], capture_output=True)
+    issuer, jwks = _service_account_issuer(kube)
+    (tmp_path / "sigstore").mkdir()
+    with SigstoreStandIn(tmp_path / "sigstore", issuer=issuer, jwks=jwks) as sigstore:
+        trust_config = sigstore.trust_config.read_text()
+        # The operator's trust configuration in its namespace; the policy's in the tenant's.
+        for where in (home, namespace):
+            core.create_namespaced_config_map(
+                where,
+                {
+                    "metadata": {"name": "studbook-sigstore"},
+                    "data": {"trust_config.json": trust_config},
+                },
+            )
+        store = provisioned(tmp_path / "store")
+        values = {
+            "image": {"operator": image("operator"), "trainer": image("trainer")},
+            "replicas": 1,
+            "watchNamespaces": [namespace],
+            "store": {
+                # null drops the chart's default PersistentVolumeClaim (Helm merges maps).
+                "volume": {"persistentVolumeClaim": None, "hostPath": {"path": str(store)}},
+                "jobMount": JOB_MOUNT,
+            },
+            "signing": {"mode": "keyless"},
+            # Pods on the runner's node share this machine's network: ports that are free here.
+            "metrics": {"port": free_port()},
+            "health": {"port": free_port()},
+            "webhook": {"enabled": False},
+            **LOCAL_NODE,
+        }
+        (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+        (tmp_path / "trust_config.json").write_text(trust_config)
+        helm = [str(helm_binary()), "--kubeconfig", str(cluster.kubeconfig)]
+        name = f"sb-{namespace[-6:]}"
+        installed = subprocess.run(
+            [*helm, "install", name, str(CHART), "-n", home, "-f", str(tmp_path / "values.yaml")],
+            capture_output=True,
+            text=True,
+        )
+        assert installed.returncode == 0, installed.stderr
+        (deployment,) = client.AppsV1Api(kube).list_namespaced_deployment(home).items
+        account = deployment.spec.template.spec.service_account_name
+        identity = f"https://kubernetes.io/namespaces/{home}/serviceaccounts/{account}"
+        signer = {
+            "name": "studbook-operator",
+            "kind": "keyless",
+            "keyless": {
+                "identity": identity,
+                "issuer": issuer,
+                "trustConfigMap": "studbook-sigstore",
+            },
+        }
+        options = (
+            *("--identity", identity),
+            *("--oidc-issuer", issuer),
+            *("--trust-config", str(tmp_path / "trust_config.json")),
+        )
+        try:
+            yield Release(home, store, signer, options, identity)
+        finally:
+            subprocess.run([*helm, "uninstall", name, "-n", home], capture_output=True)
 
 
 def _operator_container(core: client.CoreV1Api, home: str) -> dict[str, Any] | None:
@@ -123,7 +165,7 @@ def test_the_installed_operator_breeds_the_population_in_containers(
 
     # Step pods see the store's volume at the chart's jobMount.
     inputs = Inputs.in_store(release.store, JOB_MOUNT)
-    apply_family(kube, namespace, release.public_key, inputs)
+    apply_family(kube, namespace, release.signer, inputs)
 
     def finished() -> list[dict[str, Any]] | None:
         statuses = [descendant_status(kube, namespace, n) for n in NAMES]
@@ -131,9 +173,10 @@ def test_the_installed_operator_breeds_the_population_in_containers(
         return statuses if done else None
 
     statuses = wait_for(finished, timeout=1200, what="the family finished")
-    check_family(statuses)
+    # Signed by the operator's own service account, as Fulcio certified it; the children were
+    # admitted because their parents' keyless signatures verified under the policy.
+    check_family(statuses, signer=release.identity)
     digest = image("trainer").partition("@")[2]
     assert statuses[0]["lineage"]["codeVersion"] == f"{__version__}@{digest}"
-    (tmp_path / "trusted.pem").write_text(release.public_key)
     for status in statuses:
-        verify(status["artifact"]["id"], release.store, tmp_path / "trusted.pem")
+        verify(status["artifact"]["id"], release.store, *release.verify_options, "--scorecards")

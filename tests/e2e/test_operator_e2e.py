@@ -24,6 +24,7 @@ from tests.e2e.family import (
     apply_family,
     check_family,
     governance_and_founder,
+    key_signer,
     verify,
 )
 from tests.keys import ec_key
@@ -55,7 +56,7 @@ def test_founder_manifest_ends_ready_signed_and_evaluated(
 ) -> None:
     inputs = Inputs.in_store(operator.store)
     public = (tmp_path / "trusted.pem").read_text()
-    founder = governance_and_founder(kube, namespace, public, inputs)
+    founder = governance_and_founder(kube, namespace, key_signer(public), inputs)
     apply(kube, namespace, founder.manifest)
 
     def finished() -> dict[str, Any] | None:
@@ -86,14 +87,16 @@ def test_founder_manifest_ends_ready_signed_and_evaluated(
         ("sign", "Succeeded"),
     ]
     _no_signing_in(kube, namespace)
-    verify(artifact["id"], operator.store, tmp_path / "trusted.pem", "--scorecards")
+    trusted = ("--trusted-key", str(tmp_path / "trusted.pem"))
+    verify(artifact["id"], operator.store, *trusted, "--scorecards")
 
 
 def test_lora_specialists_and_their_ties_merge_end_ready_signed_and_evaluated(
     kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
     inputs = Inputs.in_store(operator.store)
-    apply_family(kube, namespace, (tmp_path / "trusted.pem").read_text(), inputs)
+    public = (tmp_path / "trusted.pem").read_text()
+    apply_family(kube, namespace, key_signer(public), inputs)
 
     def finished() -> list[dict[str, Any]] | None:
         statuses = [descendant_status(kube, namespace, n) for n in NAMES]
@@ -103,4 +106,6 @@ def test_lora_specialists_and_their_ties_merge_end_ready_signed_and_evaluated(
     statuses = wait_for(finished, timeout=1200, what="the family finished", log=operator.log)
     check_family(statuses)
     for status in statuses:
-        verify(status["artifact"]["id"], operator.store, tmp_path / "trusted.pem")
+        verify(
+            status["artifact"]["id"], operator.store, "--trusted-key", str(tmp_path / "trusted.pem")
+        )

@@ -201,7 +201,7 @@ NAMESPACED_RULES: tuple[RuleId, ...] = (
     ("Role", "kopfpeerings", "get"),
     ("Role", "descendants", "get"),
     ("Role", "descendants/status", "patch"),
-    ("Role", "jobs", "list"),
+    ("Role", "jobs", "get"),
     ("Role", "pods", "list"),
     ("Role", "configmaps", "get"),
     ("Role", "networkpolicies", "list"),
@@ -471,7 +471,7 @@ def test_the_signing_key_stays_in_the_operators_namespace(
 ) -> None:
     home = f"{namespace[:50]}-sys"
     objects = _render("sb", home, None)
-    secret = yaml.safe_load((CHART / "values.yaml").read_text())["signingSecret"]
+    secret = yaml.safe_load((CHART / "values.yaml").read_text())["signing"]["secret"]
     # Only the operator's pod mounts the key, in the release's namespace; no Job is given it.
     pod, container = _operator_pod(objects)
     (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret]

@@ -638,7 +638,8 @@ def test_argo_cd_syncs_the_chart_and_a_second_sync_changes_nothing(
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("features", ["defaults", "everything on", "cert-manager"])
+@pytest.mark.usefixtures("vendored_crds")
+@pytest.mark.parametrize("features", ["defaults", "everything on", "cert-manager", "keyless"])
 def test_the_notes_say_what_was_installed_and_how_to_check_it(
     cluster: ControlPlane, namespace: str, features: str
 ) -> None:
@@ -647,6 +648,7 @@ def test_the_notes_say_what_was_installed_and_how_to_check_it(
         "defaults": [],
         "everything on": ["watchNamespaces={ml-breeding}", *EVERYTHING_ON],
         "cert-manager": list(CERT_MANAGER),
+        "keyless": ["signing.mode=keyless"],
     }[features]
     installed = _helm(
         "install",
@@ -662,7 +664,13 @@ def test_the_notes_say_what_was_installed_and_how_to_check_it(
     assert installed.returncode == 0, installed.stderr
     notes = installed.stdout.partition("\nNOTES:\n")[2]
     assert f"kubectl -n {namespace} rollout status deployment/sb-operator" in notes, notes
-    assert "create secret generic studbook-signing" in notes
+    if features == "keyless":
+        account = _one(_render(namespace), "ServiceAccount")["metadata"]["name"]
+        identity = f"https://kubernetes.io/namespaces/{namespace}/serviceaccounts/{account}"
+        assert identity in notes and "create configmap studbook-sigstore" in notes, notes
+        assert "secret generic" not in notes
+    else:
+        assert "create secret generic studbook-signing" in notes
     assert "Service sb-metrics" in notes
     if features == "defaults":
         assert "watching all namespaces" in notes and "ClusterKopfPeering studbook" in notes
@@ -670,8 +678,34 @@ def test_the_notes_say_what_was_installed_and_how_to_check_it(
         assert "ServiceMonitor" not in notes and "dashboard" not in notes
     elif features == "cert-manager":
         assert "TLS from Secret sb-webhook-tls (issued by cert-manager);" in notes
-    else:
+    elif features == "everything on":
         assert "watching the namespaces ml-breeding" in notes
         assert "ServiceMonitor sb-operator" in notes and "PrometheusRule" in notes
         assert "ConfigMap sb-dashboard" in notes and "PodDisruptionBudget sb-operator" in notes
         assert "Secret studbook-webhook-cert-manager;" in notes
+
+
+def test_keyless_signing_mounts_a_token_for_fulcio_and_no_key() -> None:
+    """Keyless, the operator's signing directory holds the trust configuration and a token of
+    its own service account for Fulcio's audience only; no Secret is mounted anywhere."""
+    template, container = _operator(
+        _render("studbook-system", "signing.mode=keyless", "signing.audience=fulcio.example")
+    )
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "signing"]
+    config, token = volume["projected"]["sources"]
+    assert config["configMap"]["name"] == "studbook-sigstore"
+    assert config["configMap"]["items"] == [
+        {"key": "trust_config.json", "path": "trust_config.json"}
+    ]
+    assert token["serviceAccountToken"] == {
+        "audience": "fulcio.example",
+        "expirationSeconds": 3600,
+        "path": "token",
+    }
+    assert {"name": "signing", "mountPath": "/etc/studbook/signing", "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    assert not [v for v in template["spec"]["volumes"] if "secret" in v and v["name"] == "signing"]
+    default, _ = _operator(_render("studbook-system"))
+    (volume,) = [v for v in default["spec"]["volumes"] if v["name"] == "signing"]
+    assert volume["secret"]["secretName"] == "studbook-signing"

@@ -10,7 +10,9 @@
 //   * Rekor: a proposed dsse entry is turned into the canonical body real Rekor stores
 //     (payload hash, envelope hash, signatures with verifiers).
 //   * OIDC discovery and JWKS for the issuer (model-signing fetches discovery while building
-//     its signer even when a token is supplied).
+//     its signer even when a token is supplied). The issuer is this server, or the one given by
+//     --issuer with its keys in --jwks (a test cluster's service-account issuer, which serves
+//     no discovery where signers can reach it): the trust configuration points signers here.
 // It writes the matching sigstore ClientTrustConfig to the path given by --trust-config and
 // prints one JSON line {"url": ...} once it listens.
 'use strict';
@@ -95,7 +97,7 @@ async function main() {
     signingConfig: {
       mediaType: 'application/vnd.dev.sigstore.signingconfig.v0.2+json',
       caUrls: [service(base)],
-      oidcUrls: [service(issuer)],
+      oidcUrls: [service(base)],
       rekorTlogUrls: [service(base)],
       tsaUrls: [],
       rekorTlogConfig: { selector: 'ANY' },

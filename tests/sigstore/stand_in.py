@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -80,9 +80,18 @@ def _b64url(data: bytes) -> str:
 
 
 class SigstoreStandIn:
-    """The running stand-in: ``url``, ``issuer``, ``trust_config`` and ``token()``."""
+    """The running stand-in: ``url``, ``issuer``, ``trust_config`` and ``token()``.
 
-    def __init__(self, workdir: Path) -> None:
+    By default it is its own OIDC issuer and mints tokens itself. Given ``issuer`` and ``jwks``
+    (a test cluster's service-account issuer and its keys, from ``/openid/v1/jwks``), its Fulcio
+    certifies that cluster's projected tokens instead, and it mints none.
+    """
+
+    def __init__(
+        self, workdir: Path, *, issuer: str | None = None, jwks: dict[str, Any] | None = None
+    ) -> None:
+        if (issuer is None) != (jwks is None):
+            raise ValueError("give both issuer and jwks, or neither")
         self.workdir = workdir
         self.trust_config = workdir / "trust_config.json"
         self._key = ec.generate_private_key(ec.SECP256R1())
@@ -97,8 +106,9 @@ class SigstoreStandIn:
             "alg": "ES256",
             "use": "sig",
         }
+        self._issuer = issuer
         self._jwks = workdir / "jwks.json"
-        self._jwks.write_text(json.dumps({"keys": [jwk]}))
+        self._jwks.write_text(json.dumps(jwks or {"keys": [jwk]}))
         self._proc: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self.url = ""
@@ -120,6 +130,7 @@ class SigstoreStandIn:
                 str(self._jwks),
                 "--trust-config",
                 str(self.trust_config),
+                *(["--issuer", self._issuer] if self._issuer else []),
             ],
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -160,6 +171,8 @@ class SigstoreStandIn:
         signing_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> str:
         """A token shaped like a projected service-account token (audience ``sigstore``)."""
+        if self._issuer is not None:
+            raise RuntimeError("this stand-in certifies another issuer's tokens; it mints none")
         now = int(time.time())
         claims = {
             "aud": [audience],

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from tests.keys import ec_key
+from tests.sigstore.stand_in import SigstoreStandIn
 
 from studbook.api.task import SignResultFile, SignTask
-from studbook.artifacts import Lineage, Store, TrustedKey, TrustPolicy, Verifier
+from studbook.artifacts import (
+    Lineage,
+    Store,
+    TrustedKey,
+    TrustedKeylessIdentity,
+    TrustPolicy,
+    Verifier,
+)
 from studbook.artifacts.errors import ContentMismatchError
 from studbook.local.steps import run_sign, signer_from_dir
 
@@ -51,7 +60,8 @@ def test_sign_step_signs_artifact_and_scorecard(tmp_path: Path) -> None:
     signer, identity = signer_from_dir(keys)
     task = _task(tmp_path, store, artifact, artifact)
     result = run_sign(task, signer, identity)
-    assert identity.startswith("key:")
+    assert identity is not None and identity.startswith("key:")
+    assert result.signer == identity
     written = SignResultFile.model_validate_json(Path(task.result).read_bytes())
     assert written == result
     trust = TrustPolicy(signers=(TrustedKey(public_key=public),))
@@ -71,3 +81,33 @@ def test_sign_step_refuses_a_tampered_artifact_and_writes_no_result(tmp_path: Pa
         run_sign(task, *signer_from_dir(keys))
     assert not Path(task.result).exists()
     assert store.signatures(artifact) == []
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="the sigstore stand-in needs node and npm",
+)
+def test_a_keyless_sign_step_names_the_identity_fulcio_certified(tmp_path: Path) -> None:
+    """Trust configuration and projected token side by side, as the chart mounts them."""
+    store, artifact = _sealed(tmp_path)
+    (tmp_path / "sigstore").mkdir()
+    with SigstoreStandIn(tmp_path / "sigstore") as sigstore:
+        signing = tmp_path / "signing"
+        signing.mkdir()
+        shutil.copy(sigstore.trust_config, signing / "trust_config.json")
+        (signing / "token").write_text(sigstore.token("studbook-system", "studbook"))
+        signer, identity = signer_from_dir(signing)
+        assert identity is None, "a keyless identity is known once certified"
+        result = run_sign(_task(tmp_path, store, artifact, artifact), signer, identity)
+        operator = sigstore.identity("studbook-system", "studbook")
+        assert result.signer == operator
+        trust = TrustPolicy(
+            (
+                TrustedKeylessIdentity(
+                    issuer=sigstore.issuer,
+                    trust_config=sigstore.trust_config.read_bytes(),
+                    identity=operator,
+                ),
+            )
+        )
+        assert Verifier(store, trust).verify(artifact).signer.subject == operator

@@ -217,10 +217,9 @@ class Controller:
         jobs = self._jobs(namespace, bodies)
         for attempt, signing in self._signings.get(str(descendant.metadata.uid), {}).items():
             jobs[("sign", attempt)] = signing
-        by_uid = {str(b["metadata"].get("uid")): b for b in bodies}
 
         def seal(job: JobObservation, output: str) -> BreedResultFile:
-            return self._seal(by_uid[str(job.uid)], output)
+            return self._seal(namespace, job, output)
 
         results = step_results(
             self.settings.store,
@@ -250,20 +249,25 @@ class Controller:
             self.settings.store, namespace, name, uid, step, attempt
         )
 
-    def _seal(self, job: dict[str, Any], output: str) -> BreedResultFile:
+    def _seal(self, namespace: str, job: JobObservation, output: str) -> BreedResultFile:
         """Seal a succeeded breed Job's model here, as the operator, with its task's lineage.
 
         The task and the image are read from the Job's pod template, which the operator wrote
         and which cannot change: the lineage names what the Job was told to run, not what its
-        pod says it did.
+        pod says it did. The index keeps no templates, so the Job is read once, here; one of
+        the same name but another uid (deleted and made again) is not the one that succeeded.
         """
-        template = job["spec"]["template"]
+        read = client.BatchV1Api(self.api).read_namespaced_job(job.name, namespace)
+        found: dict[str, Any] = self.api.sanitize_for_serialization(read)  # type: ignore[no-untyped-call]
+        if found["metadata"]["uid"] != job.uid:
+            raise FileNotFoundError(f"Job {job.name} was replaced before it was sealed")
+        template = found["spec"]["template"]
         task = BreedTask.model_validate_json(
             template["metadata"]["annotations"][builders.ANNOTATION_TASK]
         )
         image = template["spec"]["containers"][0]["image"]
         sealed = seal_output(Store.open(self.settings.store), task, output, image)
-        log.info("sealed %s from Job %s", sealed.artifact.id, job["metadata"]["name"])
+        log.info("sealed %s from Job %s", sealed.artifact.id, job.name)
         return sealed
 
     def _verifier(self, namespace: str, policy: BreedingPolicy) -> Verifier:
@@ -508,7 +512,7 @@ class Controller:
             exit_code=code or None,
         )
 
-    def _signer(self) -> tuple[Signer, str]:
+    def _signer(self) -> tuple[Signer, str | None]:
         """The operator's signer and the identity it signs as."""
         if self.settings.signing_dir is None:
             raise SigningError("no signing material: STUDBOOK_SIGNING_DIR is not set")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -52,7 +51,12 @@ from studbook.api.task import (
 from studbook.artifacts import CertificateSigner, KeylessSigner, KeySigner, Lineage, Signer, Store
 from studbook.artifacts.errors import ArtifactError, PackageFormatError, SignatureError
 from studbook.artifacts.results import read_result, read_untrusted, write_result
-from studbook.artifacts.signing import sign_artifact, sign_scorecard
+from studbook.artifacts.signing import (
+    DEFAULT_TOKEN_PATH,
+    describe_signature,
+    sign_artifact,
+    sign_scorecard,
+)
 from studbook.breeding.admission import ParentFacts
 from studbook.breeding.flow import (
     BreedResult,
@@ -66,15 +70,21 @@ log = logging.getLogger("studbook.steps")
 M = TypeVar("M", bound=BaseModel)
 
 
-def signer_from_dir(directory: Path) -> tuple[Signer, str]:
+def signer_from_dir(directory: Path) -> tuple[Signer, str | None]:
     """The signer a signing directory describes, and the identity it signs as.
 
     The directory holds ``key.pem``, plus ``cert.pem`` and ``chain.pem`` for a certificate, or
-    ``trust_config.json`` for sigstore keyless.
+    ``trust_config.json`` for sigstore keyless, with the projected service-account ``token``
+    beside it (else the signer reads :data:`DEFAULT_TOKEN_PATH`). A keyless identity is known
+    only once Fulcio has certified it: ``None`` until then.
     """
     if (directory / "trust_config.json").exists():
-        identity = os.environ.get("STUDBOOK_SIGNER_IDENTITY", "sigstore keyless")
-        return KeylessSigner(trust_config=directory / "trust_config.json"), identity
+        token = directory / "token"
+        signer = KeylessSigner(
+            trust_config=directory / "trust_config.json",
+            token_path=token if token.exists() else DEFAULT_TOKEN_PATH,
+        )
+        return signer, None
     key = directory / "key.pem"
     if not key.exists():
         raise FileNotFoundError(f"no key.pem or trust_config.json in {directory}")
@@ -92,14 +102,21 @@ SCORECARD_LIMIT = 16 * 2**20
 """The largest scorecard read from a step's output."""
 
 
-def run_sign(task: SignTask, signer: Signer, identity: str) -> SignResultFile:
-    """Re-hash the artifact, sign it and its scorecard, and write the result."""
+def run_sign(task: SignTask, signer: Signer, identity: str | None) -> SignResultFile:
+    """Re-hash the artifact, sign it and its scorecard, and write the result.
+
+    ``identity`` names the signer in the result; ``None`` takes it from the signature's
+    certificate (keyless: what Fulcio certified).
+    """
     store = Store.open(task.store)
     scorecard = read_untrusted(task.scorecard_uri, SCORECARD_LIMIT)
     if scorecard is None:
         raise PackageFormatError(f"no scorecard at {task.scorecard_uri}")
     signature = sign_artifact(store, task.artifact_id, signer)
     card = sign_scorecard(store, task.artifact_id, scorecard, signer)
+    if identity is None:
+        (bundle,) = [b for b in store.signatures(task.artifact_id) if b.name == signature]
+        identity = str(describe_signature(bundle.data)["signer"])
     base = store.package_path(task.artifact_id)
     result = SignResultFile(
         signature_uri=f"{base}/signatures/{signature}",
