@@ -341,7 +341,7 @@ def test_fitness_negates_minimized_objectives() -> None:
     assert fitness == pytest.approx(2.0 * 0.9 - 0.5 * 3.0)
 
 
-def test_the_front_in_the_status_is_bounded() -> None:
+def test_the_front_and_history_in_the_status_are_bounded() -> None:
     spec = _spec(
         {"spec.strategy": "random", "spec.budget.maxTrials": 200, "spec.budget.parallelism": 10},
         drop=("spec.nsga2",),
@@ -354,6 +354,12 @@ def test_the_front_in_the_status_is_bounded() -> None:
             )
     assert len(search.front()) == 32
     assert len(search.front(limit=1000)) == 200
+    # The last generation is partial (200 = 33 * 6 + 2) and closes once no trial can join it.
+    assert [(r.generation, r.trials) for r in search.history(limit=3)] == [
+        (31, 6),
+        (32, 6),
+        (33, 2),
+    ]
 
 
 # --- genomes and recipes -----------------------------------------------------------------------

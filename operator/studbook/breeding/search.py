@@ -46,6 +46,7 @@ from studbook.api.run import (
     DEFAULT_T_RANGE,
     DEFAULT_WEIGHT_RANGE,
     MAX_FRONT,
+    MAX_HISTORY,
     BreedingRunSpec,
     GenerationRecord,
     Nsga2,
@@ -456,7 +457,10 @@ class Search:
     # -- proposals and results --
 
     def ask(self, n: int) -> list[Candidate]:
-        """Up to ``n`` new trials, as the budget and ``parallelism`` allow; none once stopped."""
+        """Up to ``n`` new trials, as the budget and ``parallelism`` allow; none once stopped.
+
+        The wall clock is the caller's: it asks :meth:`decide` with the elapsed seconds first.
+        """
         if self.decide().stop or self._gpu_spent():
             return []
         budget = self.spec.budget
@@ -638,9 +642,9 @@ class Search:
         front = self.front(limit=1)
         return front[0] if front else None
 
-    def history(self) -> list[GenerationRecord]:
-        """Summaries of the completed generations, oldest first."""
-        return list(self._history)
+    def history(self, limit: int = MAX_HISTORY) -> list[GenerationRecord]:
+        """Summaries of the latest ``limit`` completed generations, oldest first."""
+        return self._history[-limit:]
 
     def _close_generations(self) -> None:
         """Summarise every generation whose trials are all told and no more will join."""
