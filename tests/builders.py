@@ -6,7 +6,7 @@ import copy
 import hashlib
 from typing import Any
 
-from studbook.api import BreedingPolicy, Descendant, parse_manifest
+from studbook.api import BreedingPolicy, BreedingRun, Descendant, parse_manifest
 from studbook.api.common import Compatibility
 from studbook.breeding.admission import ParentFacts
 from tests.manifests import Manifest, example
@@ -44,6 +44,11 @@ class Body:
     def policy(self) -> BreedingPolicy:
         resource = parse_manifest(self.manifest)
         assert isinstance(resource, BreedingPolicy)
+        return resource
+
+    def run(self) -> BreedingRun:
+        resource = parse_manifest(self.manifest)
+        assert isinstance(resource, BreedingRun)
         return resource
 
 

@@ -91,6 +91,12 @@ def _quantize(**fields: Any) -> Callable[[Manifest], None]:
     return mutate
 
 
+def _cmaes_one_objective(m: Manifest) -> None:
+    m["spec"]["strategy"] = "cmaes"
+    del m["spec"]["nsga2"]
+    m["spec"]["objectives"] = m["spec"]["objectives"][:1]
+
+
 def _ensemble(m: Manifest) -> None:
     m["spec"]["operator"] = {
         "kind": "ensemble",
@@ -370,11 +376,60 @@ WRONG_MANIFESTS: list[WrongManifest] = [
         "should match pattern",
     ),
     WrongManifest(
-        "run-elites-exceed-population",
+        "run-tpe-two-objectives",
         "breeding-run",
-        _set("spec.selection.elites", 12),
-        "spec.selection.elites",
-        "smaller than budget.population",
+        _set("spec.strategy", "tpe"),
+        "spec.strategy",
+        "strategies cmaes and tpe optimise one objective",
+    ),
+    WrongManifest(
+        "run-cmaes-three-methods",
+        "breeding-run",
+        _cmaes_one_objective,
+        "spec.strategy",
+        "strategy cmaes searches numbers only",
+    ),
+    WrongManifest(
+        "run-nsga2-settings-with-random",
+        "breeding-run",
+        _set("spec.strategy", "random"),
+        "spec.nsga2",
+        "nsga2 settings apply to strategy nsga2 only",
+    ),
+    WrongManifest(
+        "run-selection-removed",
+        "breeding-run",
+        _set("spec.selection", {"elites": 2}),
+        "spec.selection",
+        "Extra inputs are not permitted",
+    ),
+    WrongManifest(
+        "run-density-without-sparsifying-method",
+        "breeding-run",
+        _set("spec.searchSpace.methods", ["linear", "task_arithmetic"]),
+        "spec.searchSpace.densityRange",
+        "densityRange is unused",
+    ),
+    WrongManifest(
+        "run-blocks-with-layer-granularity",
+        "breeding-run",
+        _set("spec.searchSpace.layerGranularity", "layer"),
+        "spec.searchSpace.blocks",
+        "blocks is required with layerGranularity block, and only then",
+    ),
+    WrongManifest(
+        "run-population-over-max-trials",
+        "breeding-run",
+        _set("spec.budget.population", 200),
+        "spec.budget.population",
+        "population must not exceed maxTrials",
+    ),
+    WrongManifest(
+        "run-goal-below-threshold",
+        "breeding-run",
+        _set("spec.objectives.0.goal", 0.5),
+        "spec.objectives[0].goal",
+        "goal must be at least as good as threshold",
     ),
     WrongManifest(
         "run-range-reversed",
@@ -578,10 +633,10 @@ WRONG_MANIFESTS: list[WrongManifest] = [
         "must lie in [0, 1]",
     ),
     WrongManifest(
-        "run-generations-string",
+        "run-max-trials-string",
         "breeding-run",
-        _set("spec.budget.generations", "eight"),
-        "spec.budget.generations",
+        _set("spec.budget.maxTrials", "ninety-six"),
+        "spec.budget.maxTrials",
         "valid integer",
     ),
 ]

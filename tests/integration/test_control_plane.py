@@ -230,3 +230,31 @@ def test_descendant_spec_is_immutable(kube: client.ApiClient, namespace: str):
     custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, "descendants", name, {"status": {"phase": "Pending"}}
     )
+
+
+def test_breeding_run_only_changes_its_budget(kube: client.ApiClient, namespace: str):
+    custom = client.CustomObjectsApi(kube)
+    created = _create(kube, namespace, example("breeding-run"))
+    name = created["metadata"]["name"]
+
+    def replace(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "breedingruns", name)
+        change(body["spec"])
+        return custom.replace_namespaced_custom_object(  # type: ignore[no-any-return]
+            GROUP, VERSION, namespace, "breedingruns", name, body
+        )
+
+    # A finished run continues with a larger budget.
+    raised = replace(lambda spec: spec["budget"].update(maxTrials=192, patience=5))
+    assert raised["spec"]["budget"]["maxTrials"] == 192
+    # What the sampler proposes from may not change: the run resumes from its ledger.
+    for change in (
+        lambda spec: spec.update(seed=7),
+        lambda spec: spec["budget"].update(population=16),
+        lambda spec: spec["searchSpace"].update(blocks=2),
+        lambda spec: spec["template"].update(dtype="bfloat16"),
+    ):
+        with pytest.raises(ApiException) as refused:
+            replace(change)
+        assert refused.value.status == 422, refused.value.body
+        assert "only budget may change" in json.loads(refused.value.body)["message"]

@@ -245,6 +245,14 @@ METHODS_WITH_BASE: frozenset[str] = frozenset(
 )
 """Methods that work on task vectors (differences to a base) and so need ``base``."""
 
+SPARSIFYING_METHODS: frozenset[str] = frozenset(
+    {"ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"}
+)
+"""Methods that keep a fraction of each task vector and so need ``parameters.density``."""
+
+UNWEIGHTED_METHODS: frozenset[str] = frozenset({"slerp", "model_stock"})
+"""Methods that take no per-parent weights: SLERP reads only ``t``, model stock nothing."""
+
 
 class ParentWeight(ApiModel):
     """A coefficient of one parent."""
@@ -326,14 +334,10 @@ class MergeConfig(ApiModel):
             field_path=".parameters.t",
         ),
         Rule(
-            cel="!(self.method in ['ties', 'dare_linear', 'dare_ties', 'breadcrumbs',"
-            " 'breadcrumbs_ties']) || has(self.parameters.density)",
+            cel="!(self.method in " + str(sorted(SPARSIFYING_METHODS)) + ")"
+            " || has(self.parameters.density)",
             message="parameters.density is required for ties, dare and breadcrumbs methods",
-            check=lambda c: (
-                c.method
-                not in {"ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"}
-                or c.parameters.density is not None
-            ),
+            check=lambda c: c.method not in SPARSIFYING_METHODS or c.parameters.density is not None,
             field_path=".parameters.density",
         ),
     )
