@@ -72,6 +72,7 @@ def suite(inputs: Inputs) -> dict[str, Any]:
     files = {
         "sentiment-optimize": fx.write_jsonl(at / "s-opt.jsonl", sentiment["optimize"]),
         "sentiment-gate": fx.write_jsonl(at / "s-gate.jsonl", sentiment["gate"]),
+        "topic-optimize": fx.write_jsonl(at / "t-opt.jsonl", topic["optimize"]),
         "topic-gate": fx.write_jsonl(at / "t-gate.jsonl", topic["gate"]),
         "mixed-holdout": fx.write_jsonl(
             at / "holdout.jsonl", sentiment["holdout"] + topic["holdout"]
