@@ -467,6 +467,10 @@ class ControlPlane:
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
                 # Token controller and root CA publisher: pods get working SA credentials.
                 f"--service-account-private-key-file={pki.sa_key}",
+                # Each controller acts as its own ServiceAccount, as kubeadm and managed clusters
+                # run it: the Job controller creates a Job's Pods as
+                # system:serviceaccount:kube-system:job-controller (the chart's store guard).
+                "--use-service-account-credentials=true",
                 f"--root-ca-file={pki.ca_cert}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # A single instance: leader election would only add seconds to every start.

@@ -267,6 +267,8 @@ def _uninstall(kube: client.ApiClient, release: str, home: str) -> None:
         (rbac.delete_cluster_role, f"{release}-operator"),
         (admission.delete_validating_webhook_configuration, CONFIGURATION),
         (admission.delete_mutating_webhook_configuration, CONFIGURATION),
+        (admission.delete_validating_admission_policy_binding, f"{release}-store-guard"),
+        (admission.delete_validating_admission_policy, f"{release}-store-guard"),
         (client.CoreV1Api(kube).delete_namespace, home),
     ):
         try:
@@ -299,6 +301,8 @@ def test_the_chart_installs_and_its_rbac_lets_the_operator_work(
             "Service",
             "Service",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
     )
     # A read-only root filesystem: what the operator writes (the scratch files of a parent's
@@ -578,3 +582,121 @@ def test_the_charts_webhook_is_announced_through_its_service_with_its_ca(
         sans = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert f"{name}.{home}.svc" in sans.get_values_for_type(x509.DNSName)
         assert operator.proc is not None and operator.proc.poll() is None
+
+
+def _mounting(kind: str, claim: str) -> dict[str, Any]:
+    """A Pod or a Job whose pod mounts the PersistentVolumeClaim ``claim``, and can never run:
+    no node has the label it selects, so admission is all that happens to it."""
+    pod = {
+        "nodeSelector": {"studbook.dev/test-no-such-node": "true"},
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": image("trainer"), "command": ["true"]}],
+        "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": claim}}],
+    }
+    name = f"mounts-{kind.lower()}"
+    if kind == "Pod":
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": pod}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {"spec": pod}},
+    }
+
+
+def test_only_the_operators_jobs_and_their_pods_mount_the_store(
+    cluster: ControlPlane, kube: client.ApiClient, namespace: str
+) -> None:
+    """The chart's store guard: a tenant with every right in its namespace, and even the cluster
+    admin, cannot create a Pod or Job mounting the store's claim; the operator's ServiceAccount
+    creates such a Job, and the Job controller its Pod."""
+    home, release = f"{namespace[:50]}-sys", f"sb-{namespace[-6:]}"
+    objects = _render(release, home, namespace)
+    guard = [o for o in objects if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert [o["kind"] for o in guard] == [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    claim = yaml.safe_load((CHART / "values.yaml").read_text())["store"]["volume"]
+    claim = claim["persistentVolumeClaim"]["claimName"]
+    core, admission = client.CoreV1Api(kube), client.AdmissionregistrationV1Api(kube)
+    core.create_namespace({"metadata": {"name": home}})
+    try:
+        for obj in guard:
+            _create(kube, obj, home)
+        (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
+        operator = service_account_client(cluster, kube, home, account["metadata"]["name"])
+        tenant = service_account_client(cluster, kube, namespace, "tenant")
+        grant(
+            kube,
+            namespace,
+            "tenant",
+            "tenant-admin",
+            [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+        )
+        rbac = client.RbacAuthorizationV1Api(kube)
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "operator-tenant-admin"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "tenant-admin",
+                },
+                "subjects": [
+                    {
+                        "kind": "ServiceAccount",
+                        "name": account["metadata"]["name"],
+                        "namespace": home,
+                    }
+                ],
+            },
+        )
+
+        def refusal(api: client.ApiClient, body: dict[str, Any]) -> str | None:
+            """What the API server says to a dry run of creating ``body``; None: accepted."""
+            try:
+                utils.create_from_dict(api, body, namespace=namespace, dry_run="All")
+            except utils.FailToCreateError as failed:
+                (error,) = failed.api_exceptions
+                return str(json.loads(error.body)["message"])
+            return None
+
+        def guarded() -> bool:
+            said = refusal(tenant, _mounting("Pod", claim))
+            # Until RBAC and the policy are in force, the refusal is another or there is none.
+            return said is not None and "artifact store" in said
+
+        wait_for(guarded, what="the store guard in force")
+        who = f"system:serviceaccount:{namespace}:tenant"
+        said = "may create a {} that mounts the artifact store; " + who + " may not"
+        assert (refusal(tenant, _mounting("Pod", claim)) or "").endswith(
+            "only the Job controller " + said.format("Pod")
+        )
+        assert (refusal(tenant, _mounting("Job", claim)) or "").endswith(
+            "only the Studbook operator " + said.format("Job")
+        )
+        assert "artifact store" in (refusal(kube, _mounting("Pod", claim)) or "")
+        # Another claim is not the store; the operator's Job is accepted.
+        assert refusal(tenant, _mounting("Pod", "scratch")) is None
+        assert refusal(operator, _mounting("Job", claim)) is None
+        # And the Job controller creates its Pod (which no node runs).
+        utils.create_from_dict(operator, _mounting("Job", claim), namespace=namespace)
+
+        def pod_created() -> bool:
+            selector = "job-name=mounts-job"
+            return bool(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+        wait_for(pod_created, what="the Job controller's Pod of the operator's Job")
+    finally:
+        for delete in (
+            admission.delete_validating_admission_policy_binding,
+            admission.delete_validating_admission_policy,
+        ):
+            try:
+                delete(f"{release}-store-guard")
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        core.delete_namespace(home)
