@@ -246,6 +246,13 @@ WRONG_MANIFESTS: list[WrongManifest] = [
         "base is required",
     ),
     WrongManifest(
+        "model-stock-with-weights",
+        "ties-merge",
+        _set("spec.operator.merge.method", "model_stock"),
+        "spec.operator.merge.weights",
+        "slerp and model_stock take no weights",
+    ),
+    WrongManifest(
         "ties-without-density",
         "ties-merge",
         _delete("spec.operator.merge.parameters.density"),

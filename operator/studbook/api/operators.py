@@ -340,6 +340,18 @@ class MergeConfig(ApiModel):
             check=lambda c: c.method not in SPARSIFYING_METHODS or c.parameters.density is not None,
             field_path=".parameters.density",
         ),
+        Rule(
+            cel="!(self.method in "
+            + str(sorted(UNWEIGHTED_METHODS))
+            + ") || ((!has(self.weights) || size(self.weights) == 0)"
+            " && (!has(self.overrides) || self.overrides.all(o, !has(o.weights))))",
+            message="slerp and model_stock take no weights (slerp reads parameters.t)",
+            check=lambda c: (
+                c.method not in UNWEIGHTED_METHODS
+                or (not c.weights and all(o.weights is None for o in c.overrides))
+            ),
+            field_path=".weights",
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from studbook.api.operators import METHODS_WITH_BASE, SPARSIFYING_METHODS, UNWEIGHTED_METHODS
 from studbook_trainer.merge import (
     IncompatibleParentsError,
     MergeConfigError,
@@ -19,6 +20,7 @@ from studbook_trainer.merge import (
     merge,
 )
 from studbook_trainer.merge.io import INDEX_NAME
+from studbook_trainer.merge.methods import METHODS
 
 from ._models import load_state, tiny_llama
 
@@ -203,3 +205,11 @@ def test_gpt2_and_bf16_merge(tmp_path: Path, gpt2_a: Path, tokenizer_dir: Path) 
     assert next(model.parameters()).dtype == torch.bfloat16
     out = model(input_ids=torch.tensor([[1, 5, 9]])).logits
     assert torch.isfinite(out.float()).all()
+
+
+def test_the_apis_method_sets_are_what_the_engine_registers() -> None:
+    """Admission refuses what the engine would: a base, a density or weights where the method
+    (as registered) needs or reads them."""
+    assert {n for n, m in METHODS.items() if m.requires_base} == METHODS_WITH_BASE
+    assert {n for n, m in METHODS.items() if "weight" not in m.params} == UNWEIGHTED_METHODS
+    assert {n for n, m in METHODS.items() if "density" in m.params} == SPARSIFYING_METHODS
