@@ -7,7 +7,7 @@ with a small seeded perturbation of every weight (every tensor differs, as after
 every tensor is merged). They are imported and sealed into a store as every package is. The
 data are the quickstart's two optimize datasets (32 examples each); the recipes are those a
 random search over examples/breeding-run.yaml's search space proposes (linear, TIES and
-DARE-TIES, three blocks, attention and MLP apart: 19 coefficient groups).
+DARE-TIES, three blocks, attention and MLP apart: 7 coefficient groups).
 
 Three ways to score the same recipes, each in this process, one after the other per recipe:
 
@@ -133,8 +133,13 @@ def recipes(n: int, seed: int) -> list[Any]:
     return search.ask(n)
 
 
-def bare_trial(runner: Any, plan: Any, batches: list[dict[str, Any]], threads: int) -> float:
-    """The floor: the engine's per-tensor math on held tensors, and one plain forward pass."""
+def bare_trial(
+    runner: Any, plan: Any, batches: list[dict[str, Any]], threads: int
+) -> tuple[float, float]:
+    """The floor: the engine's per-tensor math on held tensors, and one plain forward pass.
+
+    Returns the seconds of each.
+    """
     import torch
 
     from studbook_trainer.merge.engine import Schedule, schedule
@@ -143,7 +148,7 @@ def bare_trial(runner: Any, plan: Any, batches: list[dict[str, Any]], threads: i
 
     states = runner.states
     ref = states[plan.base.name]
-    plan_of: Schedule = schedule(
+    scheduled: Schedule = schedule(
         plan,
         [OutputTensor(n, CODES[t.dtype], tuple(t.shape)) for n, t in ref.items()],
         runner.configs[plan.base.name],
@@ -151,8 +156,8 @@ def bare_trial(runner: Any, plan: Any, batches: list[dict[str, Any]], threads: i
     model = runner.model("float32").model
     torch.set_num_threads(1)  # as the engine merges (MergePlan.threads)
     start = time.perf_counter()
-    for out in plan_of.outputs:
-        if out.name not in plan_of.params:
+    for out in scheduled.outputs:
+        if out.name not in scheduled.params:
             continue
         inputs = MemoryInputs(
             out.name,
@@ -164,14 +169,15 @@ def bare_trial(runner: Any, plan: Any, batches: list[dict[str, Any]], threads: i
         merged = torch.empty(out.shape, dtype=DTYPES[out.dtype])
         flat = merged.view(-1)
         offset = 0
-        for piece in plan_of.pieces(inputs, out):
+        for piece in scheduled.pieces(inputs, out):
             flat[offset : offset + piece.numel()].copy_(piece.reshape(-1))
             offset += piece.numel()
+    merged = time.perf_counter()
     torch.set_num_threads(threads)
     with torch.inference_mode():
         for batch in batches:
             model(**batch).logits.argmax(-1)
-    return time.perf_counter() - start
+    return merged - start, time.perf_counter() - merged
 
 
 def disk_trial(runner: Any, plan: Any, scratch: Path) -> float:
@@ -274,7 +280,7 @@ def main() -> None:
             args.threads,
         )
         timings: dict[str, list[float]] = {"runner": [], "bare": [], "disk": []}
-        merge_part, score_part = [], []
+        merge_part, score_part, bare_merge, bare_forward = [], [], [], []
         methods = []
         for trial in task.trials:
             plan = engine_plan(
@@ -289,7 +295,10 @@ def main() -> None:
             assert result.metrics is not None, result.error
             merge_part.append(result.merge_seconds)
             score_part.append(result.score_seconds)
-            timings["bare"].append(bare_trial(runner, plan, batches, args.threads))
+            merging, forward = bare_trial(runner, plan, batches, args.threads)
+            bare_merge.append(merging)
+            bare_forward.append(forward)
+            timings["bare"].append(merging + forward)
             timings["disk"].append(disk_trial(runner, plan, root))
     mean = {k: statistics.mean(v) for k, v in timings.items()}
     result: dict[str, Any] = {
@@ -302,6 +311,8 @@ def main() -> None:
         "runner_merge_s": statistics.mean(merge_part),
         "runner_score_s": statistics.mean(score_part),
         "bare_trial_s": mean["bare"],
+        "bare_merge_s": statistics.mean(bare_merge),
+        "bare_forward_s": statistics.mean(bare_forward),
         "disk_trial_s": mean["disk"],
         "runner_trials_per_min": 60.0 / mean["runner"],
         "bare_trials_per_min": 60.0 / mean["bare"],

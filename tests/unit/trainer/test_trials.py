@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from tests.unit.evaluation import _fixtures as fx
 from tests.unit.evaluation.conftest import Data, Models, data, models  # noqa: F401
 
@@ -512,6 +513,56 @@ def test_a_language_model_trial_scores_what_the_steps_score(
     assert result.metrics == pytest.approx(
         {"counting/perplexity": expected["counting/perplexity"]}, rel=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("linear", {}),
+        ("ties", {"density": 0.4}),
+        ("dare_ties", {"density": 0.5}),
+        ("breadcrumbs", {"density": 0.5, "gamma": 0.05}),
+        ("slerp", {"t": 0.3}),
+        ("model_stock", {}),
+    ],
+)
+def test_merge_state_holds_what_merge_writes(
+    method: str,
+    params: dict[str, float],
+    tmp_path: Path,
+    llama_a: Path,
+    llama_b: Path,
+    llama_base: Path,
+) -> None:
+    from studbook_trainer.merge import MergeParent, MergePlan, Override, merge, merge_state
+    from studbook_trainer.merge.io import ModelReader
+
+    from ._models import load_state
+
+    base = None if method in ("linear", "slerp") else MergeParent("base", llama_base)
+    plan = MergePlan(
+        method=method,
+        parents=(MergeParent("a", llama_a, {"weight": 0.7}), MergeParent("b", llama_b))
+        if method not in ("slerp", "model_stock")
+        else (MergeParent("a", llama_a), MergeParent("b", llama_b)),
+        base=base,
+        params=params,
+        overrides=(Override("*.layers.1.*", {"density": 0.9} if "density" in params else {}),),
+        seed=11,
+        dtype="bfloat16",
+        device="cpu",
+    )
+    merge(plan, tmp_path / "out")
+    states = {}
+    for name, path in (("a", llama_a), ("b", llama_b), ("base", llama_base)):
+        with ModelReader(path) as reader:
+            states[name] = {t: reader.get(t) for t in reader.tensors}
+            config = reader.config
+    held = merge_state(plan, states, config)
+    written = load_state(tmp_path / "out")
+    assert held.keys() == written.keys()
+    for name, tensor in written.items():
+        assert held[name].dtype == tensor.dtype and torch.equal(held[name], tensor), name
 
 
 def _wire_task(**changes: Any) -> dict[str, Any]:

@@ -269,10 +269,10 @@ def _merge(
             models.insert(0, (plan.base.name, base))
         check_compatible(models, allow_dtype_mismatch=plan.dtype is not None)
         ref = models[0][1]
-        plan_of = schedule(
+        scheduled = schedule(
             plan, [OutputTensor(n, i.dtype, i.shape) for n, i in ref.tensors.items()], ref.config
         )
-        outputs = plan_of.outputs
+        outputs = scheduled.outputs
         log.info(
             "merging %d tensors of %d parents%s with %s on %s",
             len(outputs),
@@ -287,11 +287,11 @@ def _merge(
         try:
             for n, out in enumerate(outputs):
                 writer.begin(out.name)
-                if out.name not in plan_of.params:
+                if out.name not in scheduled.params:
                     writer.write(ref.get(out.name))
                 else:
                     inputs = ReaderInputs(out.name, parents, base, device, plan.seed)
-                    for piece in plan_of.pieces(inputs, out):
+                    for piece in scheduled.pieces(inputs, out):
                         writer.write(piece)
                 _release_free_memory()
                 if progress is not None:
@@ -338,13 +338,13 @@ def merge_state(
         raise MergeConfigError(f"no tensors of {', '.join(missing)} are held")
     device = pick_device(plan.device)
     ref = states[plan.base.name if plan.base is not None else plan.parents[0].name]
-    plan_of = schedule(
+    scheduled = schedule(
         plan, [OutputTensor(n, CODES[t.dtype], tuple(t.shape)) for n, t in ref.items()], config
     )
     merged: dict[str, torch.Tensor] = {}
     with _threads(plan.threads):
-        for out in plan_of.outputs:
-            if out.name not in plan_of.params:
+        for out in scheduled.outputs:
+            if out.name not in scheduled.params:
                 merged[out.name] = ref[out.name]
                 continue
             inputs = MemoryInputs(
@@ -357,7 +357,7 @@ def merge_state(
             tensor = torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
             flat = tensor.view(-1)
             offset = 0
-            for piece in plan_of.pieces(inputs, out):
+            for piece in scheduled.pieces(inputs, out):
                 size = piece.numel()
                 flat[offset : offset + size].copy_(piece.reshape(-1))
                 offset += size
