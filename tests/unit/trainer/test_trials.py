@@ -45,6 +45,7 @@ from studbook.api.task import (
 from studbook.artifacts import Store
 from studbook.breeding.search import Search
 from studbook.local.steps import seal_output
+from studbook_trainer.__main__ import main
 from studbook_trainer.evaluation import bytes_digest
 from studbook_trainer.evaluation.harness import Options
 from studbook_trainer.operators.simple import directory_id
@@ -380,6 +381,9 @@ def test_a_killed_batch_keeps_its_results_and_the_retry_runs_only_the_rest(
     assert by_number[10].metrics == pytest.approx(by_number[13].metrics, abs=1e-6)
     assert by_number[13].metrics == by_number[15].metrics
     assert by_number[12].metrics == pytest.approx(by_number[14].metrics, abs=1e-6)
+    # the task runs as a pipeline step too; with every result there, nothing runs again
+    assert main(["run", "--task", str(task_file)]) == 0
+    assert results_file.read_bytes() == after
 
 
 def test_serve_answers_trial_lines_from_one_process(
