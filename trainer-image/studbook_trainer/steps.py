@@ -26,8 +26,8 @@ from studbook_trainer.task import TaskError, parse_task
 log = logging.getLogger("studbook_trainer")
 
 
-def _fetch(store: Store, parent: ParentArtifact, scratch: Path) -> Path:
-    """A verified local copy of a package's files."""
+def fetch_package(store: Store, parent: ParentArtifact, scratch: Path) -> Path:
+    """A verified local copy of a package's files, under ``scratch/inputs/<name>``."""
     dest = scratch / "inputs" / parent.name
     store.fetch(parent.artifact_id, dest)
     return dest
@@ -39,7 +39,9 @@ def breed(task: BreedTask) -> Path:
     output = Path(task.output) / MODEL_DIR
     with tempfile.TemporaryDirectory(prefix="studbook-breed-") as tmp:
         scratch = Path(tmp)
-        parents = [{"name": p.name, "uri": str(_fetch(store, p, scratch))} for p in task.parents]
+        parents = [
+            {"name": p.name, "uri": str(fetch_package(store, p, scratch))} for p in task.parents
+        ]
         trainer_task = parse_task(
             {
                 "operator": task.operator.to_wire(),
@@ -74,7 +76,7 @@ def evaluate_step(task: EvaluateTask, options: Options | None = None) -> Scoreca
         scratch = Path(tmp)
 
         def ref(model: ParentArtifact) -> ModelRef:
-            path = _fetch(store, model, scratch)
+            path = fetch_package(store, model, scratch)
             return ModelRef(model.name, path, model.artifact_id, tuple(model.niche.taxonomy))
 
         parents = [ref(p) for p in task.parents]

@@ -238,6 +238,21 @@ TRANSLATORS: dict[str, Callable[[dict[str, Any]], Any]] = {
 """Operator configuration (task form) to the operator's plan."""
 
 
+def operator_plan(op: str, config: Mapping[str, Any]) -> Any:
+    """The plan of one operator's configuration (task form, snake_case keys).
+
+    Raises :class:`TaskError` for an unknown operator or a configuration it cannot run.
+    """
+    if op not in TRANSLATORS:
+        raise TaskError(f"unknown operator {op!r}; known: {', '.join(sorted(TRANSLATORS))}")
+    try:
+        return TRANSLATORS[op](dict(config))
+    except TaskError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise TaskError(f"{op}: bad configuration: {e}") from e
+
+
 def _sources(entries: Any, what: str) -> tuple[Source, ...]:
     if not isinstance(entries, list):
         raise TaskError(f"{what} must be a list")
@@ -274,12 +289,7 @@ def parse_task(data: Any) -> Task:
     output = data.get("output")
     if not isinstance(output, str) or not output:
         raise TaskError("the task names no output location")
-    try:
-        plan = TRANSLATORS[op](dict(config))
-    except TaskError:
-        raise
-    except (TypeError, ValueError, KeyError) as e:
-        raise TaskError(f"{op}: bad configuration: {e}") from e
+    plan = operator_plan(op, config)
     return Task(
         operator=op,
         plan=plan,

@@ -2,27 +2,28 @@
 
 A Job reads one task (``--task task.json``) and writes what it makes into its own output
 directory, which the task names: the breed step its model under ``model/``, the evaluate step
-``scorecard.json``. On a cluster that directory is the only writable part of the store a step pod
-sees, bound to its Job's uid (``outputs/<job uid>``). The step is untrusted: it seals nothing and
-records nothing. Whoever runs the pipeline (the operator, or ``studbook breed``) seals the model
-and reads the scorecard from that directory, and writes its own records of each step. A Job
-that exits 0 without its output has failed. Everything here is plain data, shared by the
-operator (:mod:`studbook.k8s`), the trainer (``studbook_trainer``) and ``studbook breed``.
+``scorecard.json``, the trials step of a BreedingRun ``trials.jsonl``. On a cluster that
+directory is the only writable part of the store a step pod sees, bound to its Job's uid
+(``outputs/<job uid>``). The step is untrusted: it seals nothing and records nothing. Whoever
+runs the pipeline (the operator, or ``studbook breed``) seals the model and reads the scorecard
+from that directory, and writes its own records of each step. A Job that exits 0 without its
+output has failed. Everything here is plain data, shared by the operator (:mod:`studbook.k8s`),
+the trainer (``studbook_trainer``) and ``studbook breed``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from studbook import __version__
 from studbook.api.base import ApiModel
 from studbook.api.common import Compatibility, Digest, Name, Niche, ShortText, TrainingData
 from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile
-from studbook.api.operators import OperatorSpec
-from studbook.api.suite import EvaluationSuiteSpec
+from studbook.api.operators import MergeConfig, OperatorSpec
+from studbook.api.suite import EvaluationSuiteSpec, SuiteDataset
 
 TASK_SCHEMA: Final = "task.studbook.dev/v1"
 """The schema version every task names."""
@@ -39,6 +40,12 @@ MODEL_DIR: Final = "model"
 """The directory in a breed step's output that holds the model it made."""
 SCORECARD_FILE: Final = "scorecard.json"
 """The file in an evaluate step's output that holds its scorecard."""
+TRIALS_FILE: Final = "trials.jsonl"
+"""The file in a trials step's output that holds its results: one :class:`TrialResult` per
+line (wire form), appended as each trial finishes."""
+MEASURED_METRICS: Final = frozenset({"latency_ms"})
+"""Metrics that are measured rather than computed from outputs: no trial objective, since the
+same recipe must score the same."""
 
 
 class ParentArtifact(ApiModel):
@@ -107,6 +114,112 @@ class EvaluateTask(ApiModel):
     output: ShortText
     """The step's own output directory: it writes ``scorecard.json`` there, and nothing
     anywhere else."""
+
+
+class TrialSpec(ApiModel):
+    """One trial of a search: a merge recipe to merge in memory and score."""
+
+    number: Annotated[int, Field(ge=0)]
+    """The trial's number in the run's ledger; its result carries it back."""
+    merge: MergeConfig
+    """The recipe, as a Descendant of it would carry it."""
+    parents: Annotated[list[Name], Field(max_length=32)] = []
+    """The parents a Descendant of the recipe lists (the search's candidate names them: for
+    ``slerp`` the two besides the base), merged as a merge step would merge them: every one but
+    the recipe's ``base``. Empty: every parent of the task."""
+
+
+class TrialTask(ApiModel):
+    """Merge and score a batch of a BreedingRun's trials in memory, the parents loaded once.
+
+    No package is written: each recipe is merged into a model held in memory and scored on the
+    suite's ``optimize`` datasets, which alone the task carries (gate and holdout data never
+    reach a search). Results go to :data:`TRIALS_FILE` in the output, one line per trial as it
+    finishes; a recipe the merge engine refuses is a result with an ``error``, not a failed step.
+    """
+
+    schema_version: Literal["task.studbook.dev/v1"] = TASK_SCHEMA
+    """The task schema."""
+    step: Literal["trials"] = "trials"
+    """The step."""
+    run: Annotated[str, Field(min_length=1, max_length=253)]
+    """``namespace/name`` of the BreedingRun, for logs."""
+    parents: Annotated[list[ParentArtifact], Field(min_length=2, max_length=32)]
+    """The run's parent pool, the base among them; each is verified and loaded once."""
+    base: Name | None = None
+    """The parent task vectors are taken against (the run's ``base``); it provides the model's
+    configuration and tokenizer, else the first parent does."""
+    compatibility: Compatibility
+    """The contract of the run's descendants."""
+    datasets: Annotated[list[SuiteDataset], Field(min_length=1, max_length=32)]
+    """The suite's ``optimize`` datasets the objectives read, pinned by digest."""
+    objectives: Annotated[
+        list[Annotated[str, Field(min_length=3, max_length=128)]],
+        Field(min_length=1, max_length=8),
+    ]
+    """The objective metrics, each ``<dataset>/<metric>`` of ``datasets``."""
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 10
+    """The suite's ``calibrationBins``, for an ``ece`` objective."""
+    suite_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """The suite's ``seed``, which a custom task is given."""
+    store: ShortText
+    """The artifact store's URI, which the parents are read from."""
+    output: ShortText
+    """The step's own output directory: it writes :data:`TRIALS_FILE` there, and nothing
+    anywhere else."""
+    trials: Annotated[list[TrialSpec], Field(max_length=10_000)] = []
+    """The trials, run in this order."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [p.name for p in self.parents]
+        if len(set(names)) != len(names):
+            raise ValueError("parents must not list a parent twice")
+        if self.base is not None and self.base not in names:
+            raise ValueError(f"base {self.base} is not one of the parents")
+        datasets = {d.name: d for d in self.datasets}
+        if len(datasets) != len(self.datasets):
+            raise ValueError("datasets must not list a dataset twice")
+        for d in self.datasets:
+            if d.role != "optimize":
+                raise ValueError(
+                    f"dataset {d.name} is a {d.role} dataset: trials see optimize data only"
+                )
+        for objective in self.objectives:
+            dataset, _, metric = objective.partition("/")
+            if dataset not in datasets or not metric:
+                raise ValueError(f"objective {objective} is not <dataset>/<metric> of the datasets")
+            if metric in MEASURED_METRICS:
+                raise ValueError(f"objective {objective}: {metric} is measured, not computed")
+        numbers = [t.number for t in self.trials]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("trials must not list a number twice")
+        for trial in self.trials:
+            unknown = sorted(set(trial.parents) - set(names))
+            if unknown:
+                raise ValueError(f"trial {trial.number} names parents the task lacks: {unknown}")
+        return self
+
+
+class TrialResult(ApiModel):
+    """What came of one trial: its objective values, or why it failed."""
+
+    number: Annotated[int, Field(ge=0)]
+    """The trial's number."""
+    metrics: Annotated[dict[str, float], Field(max_length=8)] | None = None
+    """The value of every objective metric; unset when the trial failed."""
+    error: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    """Why the trial failed, one sentence; unset when it was scored."""
+    merge_seconds: Annotated[float, Field(ge=0.0)] = 0.0
+    """Wall-clock seconds of merging the recipe into the model."""
+    score_seconds: Annotated[float, Field(ge=0.0)] = 0.0
+    """Wall-clock seconds of scoring the merged model."""
+
+    @model_validator(mode="after")
+    def _scored_or_failed(self) -> Self:
+        if (self.metrics is None) == (self.error is None):
+            raise ValueError("a trial result holds either metrics or an error")
+        return self
 
 
 class SignTask(ApiModel):

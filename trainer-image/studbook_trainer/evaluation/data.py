@@ -136,16 +136,26 @@ def load_datasets(suite: EvaluationSuiteSpec, base_dir: Path | None = None) -> d
     is loaded; the first mismatch refuses the evaluation.
     """
     check_suite(suite)
-    raw = {d.name: read_bytes(d.uri, base_dir) for d in suite.datasets}
-    for spec in suite.datasets:
+    datasets = read_datasets(suite.datasets, base_dir)
+    check_leaks(datasets.values())
+    return datasets
+
+
+def read_datasets(
+    specs: Sequence[SuiteDataset], base_dir: Path | None = None
+) -> dict[str, Dataset]:
+    """Read some datasets of a suite, refuse them unless every one matches its digest, parse.
+
+    Every digest is checked before any dataset is parsed for use; the first mismatch refuses.
+    """
+    raw = {d.name: read_bytes(d.uri, base_dir) for d in specs}
+    for spec in specs:
         actual = bytes_digest(raw[spec.name])
         if actual != spec.digest:
             raise DatasetDigestError(
                 f"dataset {spec.name} ({spec.uri}) hashes to {actual}, the suite pins {spec.digest}"
             )
-    datasets = {d.name: Dataset(d, _parse(d, raw[d.name])) for d in suite.datasets}
-    check_leaks(datasets.values())
-    return datasets
+    return {d.name: Dataset(d, _parse(d, raw[d.name])) for d in specs}
 
 
 def check_suite(suite: EvaluationSuiteSpec) -> None:

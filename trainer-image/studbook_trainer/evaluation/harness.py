@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,7 +37,7 @@ from studbook.api.scorecard import (
     Scorecard,
     SuiteRef,
 )
-from studbook.api.suite import EvaluationSuiteSpec
+from studbook.api.suite import Bootstrap, EvaluationSuiteSpec
 from studbook_trainer.evaluation.data import Dataset, load_datasets
 from studbook_trainer.evaluation.errors import (
     EvaluationError,
@@ -131,13 +131,17 @@ def canonical_json(scorecard: Scorecard) -> bytes:
     return bytes(rfc8785.dumps(scorecard.to_wire()))
 
 
-def _model_kind(suite: EvaluationSuiteSpec, path: Path) -> str:
-    tasks = {d.task for d in suite.datasets}
-    if {"classification", "causal-lm"} <= tasks:
+def model_kind(tasks: Iterable[str], path: Path) -> str:
+    """Whether datasets of these tasks score a model as ``classification`` or ``causal-lm``.
+
+    Built-in tasks decide; with only custom tasks, the model's ``config.json`` does.
+    """
+    kinds = set(tasks)
+    if {"classification", "causal-lm"} <= kinds:
         raise EvaluationError("a suite mixes classification and causal-lm datasets")
-    if "classification" in tasks:
+    if "classification" in kinds:
         return "classification"
-    if "causal-lm" in tasks:
+    if "causal-lm" in kinds:
         return "causal-lm"
     import json
 
@@ -147,6 +151,52 @@ def _model_kind(suite: EvaluationSuiteSpec, path: Path) -> str:
         raise ModelLoadError(f"{path}: cannot read config.json: {exc}") from exc
     architectures = " ".join(config.get("architectures") or [])
     return "causal-lm" if "CausalLM" in architectures else "classification"
+
+
+def run_dataset(
+    model: Classifier | LanguageModel, dataset: Dataset, *, seed: int, batch_size: int
+) -> Run:
+    """A model's outputs on one dataset, as its task reads them (``seed``: the suite's)."""
+    task = dataset.spec.task
+    if task == "custom":
+        return run_custom(model, dataset, TaskContext(dataset.name, seed, batch_size))
+    if task == "classification":
+        if not isinstance(model, Classifier):
+            raise ModelLoadError(f"{dataset.name}: a classification dataset needs a classifier")
+        return run_classification(model, dataset)
+    if not isinstance(model, LanguageModel):
+        raise ModelLoadError(f"{dataset.name}: a causal-lm dataset needs a language model")
+    return run_language_model(model, dataset, batch_size)
+
+
+def measure(
+    metric: str,
+    run: Run,
+    dataset: Dataset,
+    *,
+    model: str,
+    seed: int,
+    bins: int,
+    bootstrap: Bootstrap | None,
+) -> Estimate | None:
+    """A metric of ``model``'s run on a dataset, as a scorecard reports it.
+
+    ``None`` where the metric does not apply; ``bootstrap`` ``None`` gives the point estimate
+    alone, without an interval. Metrics of the run (``latency_ms``, ``size_bytes``) are the
+    caller's. A value that is not finite is refused.
+    """
+    found = estimate(
+        metric,
+        run.outputs,
+        dataset.spec,
+        samples=bootstrap.samples if bootstrap is not None else 0,
+        confidence=bootstrap.confidence if bootstrap is not None else 0.95,
+        seed=seed,
+        bins=bins,
+    )
+    if found is not None and not math.isfinite(found.value):
+        raise EvaluationError(f"{dataset.name}/{metric} of {model} is not finite")
+    return found
 
 
 class _Harness:
@@ -201,17 +251,7 @@ class _Harness:
         return evaluated
 
     def run_one(self, model: Classifier | LanguageModel, dataset: Dataset) -> Run:
-        task = dataset.spec.task
-        if task == "custom":
-            context = TaskContext(dataset.name, self.suite.seed, self.options.batch_size)
-            return run_custom(model, dataset, context)
-        if task == "classification":
-            if not isinstance(model, Classifier):
-                raise ModelLoadError(f"{dataset.name}: a classification dataset needs a classifier")
-            return run_classification(model, dataset)
-        if not isinstance(model, LanguageModel):
-            raise ModelLoadError(f"{dataset.name}: a causal-lm dataset needs a language model")
-        return run_language_model(model, dataset, self.options.batch_size)
+        return run_dataset(model, dataset, seed=self.suite.seed, batch_size=self.options.batch_size)
 
     def estimate(self, evaluated: _Evaluated, dataset: str, metric: str) -> Estimate | None:
         if metric == "size_bytes":
@@ -224,19 +264,15 @@ class _Harness:
                 return None
             n = len(self.datasets[dataset])
             return Estimate(tidy(1000.0 * run.seconds / n), None, None, n)
-        b = self.suite.bootstrap
-        found = estimate(
+        return measure(
             metric,
-            run.outputs,
-            self.datasets[dataset].spec,
-            samples=b.samples,
-            confidence=b.confidence,
+            run,
+            self.datasets[dataset],
+            model=evaluated.name,
             seed=self.suite.seed,
             bins=self.suite.calibration_bins,
+            bootstrap=self.suite.bootstrap,
         )
-        if found is not None and not math.isfinite(found.value):
-            raise EvaluationError(f"{dataset}/{metric} of {evaluated.name} is not finite")
-        return found
 
 
 def _directions(suite: EvaluationSuiteSpec) -> dict[tuple[str, str], str]:
@@ -306,7 +342,7 @@ def evaluate(
         torch.set_num_threads(options.threads)
     torch.manual_seed(suite.seed)
     harness = _Harness(suite, datasets, options)
-    kind = _model_kind(suite, subject.path)
+    kind = model_kind((d.task for d in suite.datasets), subject.path)
 
     child = harness.run(subject.name, harness.load(subject, kind))
     evaluated_parents: list[tuple[ModelRef, _Evaluated]] = []

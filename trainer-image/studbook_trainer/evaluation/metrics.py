@@ -66,9 +66,13 @@ class Resampler:
         return rng.integers(0, self.n, size=(self.samples, self.n), dtype=np.int64)
 
     def estimate(self, statistic: Statistic) -> Estimate:
-        """The statistic on the whole data, and its percentile interval over the resamples."""
+        """The statistic on the whole data, and its percentile interval over the resamples.
+
+        With no resamples (``samples`` 0), the point estimate alone: a search's trials need no
+        interval.
+        """
         value = point(statistic, self.n)
-        if self.n < 2:
+        if self.n < 2 or self.samples == 0:
             return Estimate(tidy(value), None, None, self.n)
         stats = statistic(self.indices())
         alpha = 1.0 - self.confidence

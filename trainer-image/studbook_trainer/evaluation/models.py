@@ -508,6 +508,68 @@ def load_language_model(path: Path, *, device: str = "cpu") -> HFLanguageModel:
     return HFLanguageModel(model, tokenizer, device=device)
 
 
+def build_model(
+    path: Path, kind: str, *, dtype: torch.dtype, device: str = "cpu", batch_size: int = 64
+) -> HFClassifier | HFLanguageModel:
+    """A model of a directory's ``config.json`` and tokenizer, its checkpoint left unread.
+
+    Its weights are freshly initialised: the caller loads its own with :func:`load_weights`
+    (a search's trials load each merged recipe into one model held in memory). ``kind`` is
+    ``classification`` or ``causal-lm``; ``dtype`` is the dtype its weights are held in, as a
+    checkpoint of that dtype would be loaded; ``batch_size`` the examples per forward pass of a
+    classifier.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    _quiet_transformers()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+    auto: Any = (
+        AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
+    )
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = auto.from_config(config, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: cannot build a {kind} model: {exc}") from exc
+    model.to(device)
+    model.eval()
+    if kind == "classification":
+        return HFClassifier(model, tokenizer, device=device, batch_size=batch_size)
+    return HFLanguageModel(model, tokenizer, device=device)
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's tensors into a model, by name; refuse one that does not fit it.
+
+    Every weight of the model must be given, bar those tied to a given one (a language model's
+    head tied to its embeddings): a missing one is a :class:`MissingWeightsError`. A floating
+    tensor the model has no place for is refused too (a checkpoint that names its tensors
+    otherwise than the model does); other stray tensors (an old checkpoint's integer
+    ``position_ids``, now a buffer the model computes) are left out.
+    """
+    own = model.state_dict()
+    stray = [k for k, t in state.items() if k not in own and t.is_floating_point()]
+    if stray:
+        raise ModelLoadError(
+            f"the checkpoint names tensors the model does not have: {', '.join(stray[:8])}"
+        )
+    given = {k: t for k, t in state.items() if k in own}
+    loaded = {own[k].data_ptr() for k in given}
+    missing = [k for k in own if k not in given and own[k].data_ptr() not in loaded]
+    if missing:
+        raise MissingWeightsError(
+            f"the checkpoint lacks weights the model needs: {', '.join(missing[:8])}"
+        )
+    model.load_state_dict(given, strict=False)
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id to pad with: the pad token, else end of sequence, else 0."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):

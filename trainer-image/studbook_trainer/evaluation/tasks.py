@@ -48,6 +48,13 @@ from studbook_trainer.evaluation.models import (
     score_sequences,
 )
 
+TASK_METRICS: Mapping[str, frozenset[str]] = {
+    "classification": frozenset({"accuracy", "macro_f1", "ece"}),
+    "causal-lm": frozenset({"perplexity", "exact_match"}),
+}
+"""The metrics :func:`estimate` reads from the outputs of each built-in task (``exact_match``
+only from prompt/target examples); a custom task names its own."""
+
 
 @dataclass(frozen=True)
 class TaskContext:

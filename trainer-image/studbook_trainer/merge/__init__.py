@@ -1,11 +1,12 @@
 """The streaming merge engine and its methods.
 
 Public surface: :class:`MergePlan` (with :class:`MergeParent` and :class:`Override`),
-:func:`merge`, the method registry :data:`METHODS` and the errors.
+:func:`merge` (files to files) and :func:`merge_state` (parents held in memory to a state dict),
+the method registry :data:`METHODS` and the errors.
 """
 
 from studbook_trainer.merge.compat import IncompatibleParentsError, check_compatible
-from studbook_trainer.merge.engine import MergeReport, merge
+from studbook_trainer.merge.engine import MergeReport, merge, merge_state
 from studbook_trainer.merge.methods import METHODS, MergeConfigError, MergeMethod, get_method
 from studbook_trainer.merge.plan import MergeParent, MergePlan, Override
 
@@ -21,4 +22,5 @@ __all__ = [
     "check_compatible",
     "get_method",
     "merge",
+    "merge_state",
 ]

@@ -3,6 +3,12 @@
 Peak memory is a few row chunks per parent, plus one float32 copy of one tensor for methods
 that rank a whole task vector (TIES, breadcrumbs). Output bytes depend only on the inputs, the
 plan and the compute device type.
+
+Both ways to merge share one path per tensor: :func:`schedule` resolves and checks every
+tensor's coefficients before any tensor data is read, and :meth:`Schedule.pieces` runs the
+method on one tensor's inputs. :func:`merge` streams parents from files into shards;
+:func:`merge_state` merges parents held in memory into a state dict (a search's trials), with the
+same values the file would hold.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,17 @@ from typing import Any
 import torch
 
 from studbook_trainer.merge.compat import TOKENIZER_FILES, check_compatible
-from studbook_trainer.merge.inputs import ReaderInputs
-from studbook_trainer.merge.io import DTYPES, ModelReader, OutputTensor, ShardedWriter
+from studbook_trainer.merge.inputs import MemoryInputs, ReaderInputs, TensorInputs
+from studbook_trainer.merge.io import (
+    CODES,
+    DTYPES,
+    FLOATING,
+    ModelReader,
+    OutputTensor,
+    ShardedWriter,
+)
 from studbook_trainer.merge.methods import MergeConfigError, MergeMethod, get_method
-from studbook_trainer.merge.plan import MergePlan
+from studbook_trainer.merge.plan import MergePlan, TensorParams, layer_index
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +157,81 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _num_layers(config: dict[str, Any] | None, names: list[str]) -> int:
-    from studbook_trainer.merge.plan import layer_index
-
+def num_layers(config: Mapping[str, Any] | None, names: Sequence[str]) -> int:
+    """The model's numbered layers: from its ``config.json``, else from its tensor names."""
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if config and isinstance(config.get(key), int):
             return int(config[key])
     indices = [i for n in names if (i := layer_index(n)) is not None]
     return max(indices) + 1 if indices else 1
+
+
+def check_plan(plan: MergePlan) -> MergeMethod:
+    """The plan's method, once its parents, base and output dtype are found fit for it."""
+    method = get_method(plan.method)
+    method.check_shape(len(plan.parents), plan.base is not None)
+    if plan.dtype is not None and plan.dtype not in _DTYPE_NAMES:
+        raise MergeConfigError(f"unsupported output dtype {plan.dtype!r}")
+    return method
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a merge makes of every tensor, decided before any tensor data is read."""
+
+    method: MergeMethod
+    """The plan's method."""
+    outputs: tuple[OutputTensor, ...]
+    """Every output tensor (the reference's, in its order), with its output dtype."""
+    params: Mapping[str, TensorParams]
+    """The checked coefficients of every merged (floating) tensor; the others are copied from
+    the reference."""
+
+    def pieces(self, inputs: TensorInputs, output: OutputTensor) -> Iterator[torch.Tensor]:
+        """The merged row chunks of one tensor, in order, in its output dtype."""
+        dtype = DTYPES[output.dtype]
+        for piece in self.method.merge_tensor(inputs, self.params[output.name]):
+            yield piece.to(dtype)
+
+
+def schedule(
+    plan: MergePlan, reference: Sequence[OutputTensor], config: Mapping[str, Any] | None
+) -> Schedule:
+    """Resolve and check the coefficients of every tensor of the reference model.
+
+    ``reference`` lists the tensors of the base (else of the first parent) as stored: name,
+    dtype code and shape; ``config`` is its ``config.json``, which gives the layer count that
+    per-layer coefficients are spread over. A bad coefficient is refused here, naming it.
+    """
+    method = check_plan(plan)
+    layers = num_layers(config, [t.name for t in reference])
+    defaults = method.defaults()
+    params: dict[str, TensorParams] = {}
+    for t in reference:
+        if t.dtype in FLOATING:
+            tp = plan.tensor_params(t.name, layers, defaults)
+            method.check_params(tp, t.name)
+            params[t.name] = tp
+    outputs = tuple(
+        OutputTensor(
+            t.name,
+            _DTYPE_NAMES[plan.dtype] if plan.dtype is not None and t.name in params else t.dtype,
+            t.shape,
+        )
+        for t in reference
+    )
+    return Schedule(method, outputs, params)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Torch's intra-op CPU threads set to ``n`` for the block (see ``MergePlan.threads``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def merge(
@@ -165,17 +245,10 @@ def merge(
     Incompatible parents and bad coefficients are refused before any tensor data is read.
     """
     started = time.monotonic()
-    method = get_method(plan.method)
-    method.check_shape(len(plan.parents), plan.base is not None)
-    if plan.dtype is not None and plan.dtype not in _DTYPE_NAMES:
-        raise MergeConfigError(f"unsupported output dtype {plan.dtype!r}")
+    method = check_plan(plan)
     device = pick_device(plan.device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, plan.threads))
-    try:
+    with _threads(plan.threads):
         return _merge(plan, out_dir, method, device, progress, started)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _merge(
@@ -196,28 +269,13 @@ def _merge(
             models.insert(0, (plan.base.name, base))
         check_compatible(models, allow_dtype_mismatch=plan.dtype is not None)
         ref = models[0][1]
-        names = list(ref.tensors)
-        num_layers = _num_layers(ref.config, names)
-        defaults = method.defaults()
-        resolved = {}
-        for name in names:
-            if ref.tensors[name].floating:
-                tp = plan.tensor_params(name, num_layers, defaults)
-                method.check_params(tp, name)
-                resolved[name] = tp
-        outputs = [
-            OutputTensor(
-                name,
-                _DTYPE_NAMES[plan.dtype]
-                if plan.dtype is not None and ref.tensors[name].floating
-                else ref.tensors[name].dtype,
-                ref.tensors[name].shape,
-            )
-            for name in names
-        ]
+        scheduled = schedule(
+            plan, [OutputTensor(n, i.dtype, i.shape) for n, i in ref.tensors.items()], ref.config
+        )
+        outputs = scheduled.outputs
         log.info(
             "merging %d tensors of %d parents%s with %s on %s",
-            len(names),
+            len(outputs),
             len(parents),
             " and a base" if base is not None else "",
             method.name,
@@ -229,13 +287,12 @@ def _merge(
         try:
             for n, out in enumerate(outputs):
                 writer.begin(out.name)
-                dtype = DTYPES[out.dtype]
-                if out.name not in resolved:
+                if out.name not in scheduled.params:
                     writer.write(ref.get(out.name))
                 else:
                     inputs = ReaderInputs(out.name, parents, base, device, plan.seed)
-                    for piece in method.merge_tensor(inputs, resolved[out.name]):
-                        writer.write(piece.to(dtype))
+                    for piece in scheduled.pieces(inputs, out):
+                        writer.write(piece)
                 _release_free_memory()
                 if progress is not None:
                     progress(n + 1, len(outputs), out.name)
@@ -259,3 +316,50 @@ def _merge(
         seconds=time.monotonic() - started,
         device=str(device),
     )
+
+
+def merge_state(
+    plan: MergePlan,
+    states: Mapping[str, Mapping[str, torch.Tensor]],
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Merge parents held in memory into a new state dict, as :func:`merge` would into files.
+
+    ``states`` holds every parent's and the base's tensors by parent name (as stored: the names
+    and dtypes of their checkpoints); ``config`` is the reference's ``config.json``. The plan's
+    parent paths are not read. The result holds the values :func:`merge` would write, tensor for
+    tensor, on the plan's device (tensors that are not merged are the reference's own, not
+    copies). Checking the parents' compatibility (:func:`check_compatible` over their
+    readers) is the caller's: it holds them for many merges and checks them once.
+    """
+    check_plan(plan)
+    missing = [p.name for p in plan.all_parents() if p.name not in states]
+    if missing:
+        raise MergeConfigError(f"no tensors of {', '.join(missing)} are held")
+    device = pick_device(plan.device)
+    ref = states[plan.base.name if plan.base is not None else plan.parents[0].name]
+    scheduled = schedule(
+        plan, [OutputTensor(n, CODES[t.dtype], tuple(t.shape)) for n, t in ref.items()], config
+    )
+    merged: dict[str, torch.Tensor] = {}
+    with _threads(plan.threads):
+        for out in scheduled.outputs:
+            if out.name not in scheduled.params:
+                merged[out.name] = ref[out.name]
+                continue
+            inputs = MemoryInputs(
+                out.name,
+                [states[p.name][out.name] for p in plan.parents],
+                states[plan.base.name][out.name] if plan.base is not None else None,
+                device,
+                plan.seed,
+            )
+            tensor = torch.empty(out.shape, dtype=DTYPES[out.dtype], device=device)
+            flat = tensor.view(-1)
+            offset = 0
+            for piece in scheduled.pieces(inputs, out):
+                size = piece.numel()
+                flat[offset : offset + size].copy_(piece.reshape(-1))
+                offset += size
+            merged[out.name] = tensor
+    return merged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
@@ -10,7 +11,14 @@ from typing import Any, Final
 from studbook.artifacts.digest import check_package_path
 from studbook.artifacts.errors import PackageFormatError
 from studbook_trainer.merge import MergeParent, MergePlan, merge
-from studbook_trainer.operators.base import Operator, OperatorError, RunContext, log, register
+from studbook_trainer.operators.base import (
+    LocalParent,
+    Operator,
+    OperatorError,
+    RunContext,
+    log,
+    register,
+)
 from studbook_trainer.operators.training import (
     TrainPlan,
     ensure_pad_token,
@@ -208,6 +216,43 @@ class MergeOperatorPlan:
     seed: int = 0
 
 
+def engine_plan(
+    plan: MergeOperatorPlan, parents: Sequence[LocalParent], device: str = "auto"
+) -> MergePlan:
+    """The merge engine's plan of a merge: every parent but the base merged, by name.
+
+    Raises :class:`OperatorError` for weights or a base that name no parent.
+    """
+    names = {p.name for p in parents}
+    unknown = set(plan.weights) - names
+    if unknown:
+        raise OperatorError(f"weights name unknown parents: {sorted(unknown)}")
+    base = None
+    if plan.base:
+        base = next((p for p in parents if p.name == plan.base), None)
+        if base is None:
+            known = ", ".join(p.name for p in parents) or "none"
+            raise OperatorError(f"no parent named {plan.base!r} (parents: {known})")
+    merged = []
+    for p in parents:
+        if base is not None and p.name == base.name:
+            continue
+        params: dict[str, Any] = dict((plan.parent_params or {}).get(p.name, {}))
+        if p.name in plan.weights:
+            params["weight"] = plan.weights[p.name]
+        merged.append(MergeParent(p.name, p.path, params))
+    return MergePlan(
+        method=plan.method,
+        parents=tuple(merged),
+        base=MergeParent(base.name, base.path) if base is not None else None,
+        params=dict(plan.params or {}),
+        overrides=tuple(plan.overrides),
+        seed=plan.seed,
+        dtype=plan.dtype,
+        device=device,
+    )
+
+
 class MergeOperator(Operator):
     """Weight-space merge of compatible parents with the streaming engine."""
 
@@ -217,29 +262,7 @@ class MergeOperator(Operator):
 
     def run(self, plan: MergeOperatorPlan, ctx: RunContext) -> dict[str, Any]:
         """Build the engine plan from named parents and merge."""
-        unknown = set(plan.weights) - {p.name for p in ctx.parents}
-        if unknown:
-            raise OperatorError(f"weights name unknown parents: {sorted(unknown)}")
-        base = ctx.parent(plan.base) if plan.base else None
-        parents = []
-        for p in ctx.parents:
-            if base is not None and p.name == base.name:
-                continue
-            params: dict[str, Any] = dict((plan.parent_params or {}).get(p.name, {}))
-            if p.name in plan.weights:
-                params["weight"] = plan.weights[p.name]
-            parents.append(MergeParent(p.name, p.path, params))
-        engine_plan = MergePlan(
-            method=plan.method,
-            parents=tuple(parents),
-            base=MergeParent(base.name, base.path) if base is not None else None,
-            params=dict(plan.params or {}),
-            overrides=tuple(plan.overrides),
-            seed=plan.seed,
-            dtype=plan.dtype,
-            device=ctx.device,
-        )
-        report = merge(engine_plan, ctx.out_dir)
+        report = merge(engine_plan(plan, ctx.parents, ctx.device), ctx.out_dir)
         log.info("merged %d tensors in %.1f s", report.tensors, report.seconds)
         return report.outcome()
 
