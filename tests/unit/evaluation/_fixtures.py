@@ -16,6 +16,14 @@ from typing import Any
 
 import torch
 
+from studbook.api.common import Compatibility
+from studbook.api.operators import OperatorSpec
+from studbook.api.task import BreedTask, ParentArtifact
+from studbook.artifacts import Store
+from studbook.local.steps import seal_output
+from studbook_trainer.operators.simple import directory_id
+from studbook_trainer.steps import breed
+
 LABELS = ("negative", "positive", "sports", "tech")
 
 _SENTIMENT = {
@@ -247,3 +255,21 @@ def weighted_merge(
     _copy_config(base, out)
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out / "model.safetensors"))
     return out
+
+
+def sealed_founder(
+    store: Path, source: Path, name: str, compatibility: Compatibility
+) -> ParentArtifact:
+    """Import a model directory and seal it into ``store``, as every founder enters it."""
+    task = BreedTask(
+        descendant=f"ml/{name}",
+        operator=OperatorSpec.model_validate(
+            {"kind": "import", "import": {"uri": str(source), "digest": directory_id(source)}}
+        ),
+        compatibility=compatibility,
+        store=str(store),
+        output=str(store / "outputs" / f"import-{name}"),
+    )
+    breed(task)
+    sealed = seal_output(Store.open(store), task, task.output, None)
+    return ParentArtifact(name=name, artifact_id=sealed.artifact.id, uri=sealed.artifact.uri)

@@ -48,7 +48,6 @@ from studbook.local.steps import seal_output
 from studbook_trainer.__main__ import main
 from studbook_trainer.evaluation import bytes_digest
 from studbook_trainer.evaluation.harness import Options
-from studbook_trainer.operators.simple import directory_id
 from studbook_trainer.steps import breed, evaluate_step
 from studbook_trainer.trials import TrialRunner, run_trials
 
@@ -73,22 +72,6 @@ class Sealed:
     store: Path
     parents: list[ParentArtifact]
     datasets: list[SuiteDataset]
-
-
-def _seal(store: Path, source: Path, name: str, compatibility: Compatibility) -> ParentArtifact:
-    """Import a model directory and seal it, as every founder enters the store."""
-    task = BreedTask(
-        descendant=f"ml/{name}",
-        operator=OperatorSpec.model_validate(
-            {"kind": "import", "import": {"uri": str(source), "digest": directory_id(source)}}
-        ),
-        compatibility=compatibility,
-        store=str(store),
-        output=str(store / "outputs" / f"import-{name}"),
-    )
-    breed(task)
-    sealed = seal_output(Store.open(store), task, task.output, None)
-    return ParentArtifact(name=name, artifact_id=sealed.artifact.id, uri=sealed.artifact.uri)
 
 
 def _dataset(name: str, path: Path, task: str = "classification") -> SuiteDataset:
@@ -126,9 +109,9 @@ def sealed(tmp_path_factory: pytest.TempPathFactory, models: Models, data: Data)
     root = tmp_path_factory.mktemp("trials")
     store = root / "store"
     parents = [
-        _seal(store, models.base, "base", COMPAT),
-        _seal(store, models.sentiment, "sentiment", COMPAT),
-        _seal(store, _moved(models.topic, root / "topic", 7), "topic", COMPAT),
+        fx.sealed_founder(store, models.base, "base", COMPAT),
+        fx.sealed_founder(store, models.sentiment, "sentiment", COMPAT),
+        fx.sealed_founder(store, _moved(models.topic, root / "topic", 7), "topic", COMPAT),
     ]
     topic = fx.write_jsonl(root / "t-opt.jsonl", fx.examples("topic", 32, seed=11))
     datasets = [
@@ -488,7 +471,7 @@ def test_a_language_model_trial_scores_what_the_steps_score(
     )
     store = tmp_path / "store"
     parents = [
-        _seal(store, tiny_gpt2(tmp_path / name, tokenizer_dir, seed=seed), name, compat)
+        fx.sealed_founder(store, tiny_gpt2(tmp_path / name, tokenizer_dir, seed=seed), name, compat)
         for name, seed in (("base", 1), ("a", 2), ("b", 3))
     ]
     counting = write_jsonl(tmp_path / "counting.jsonl", lm_rows(24, seed=9))
