@@ -75,6 +75,17 @@ def _datasets_declared(spec: Any) -> bool:
     return used <= declared
 
 
+class Origin(ApiModel):
+    """The search that proposed a descendant's recipe: a BreedingRun's trial."""
+
+    breeding_run: Name
+    """The BreedingRun, in the descendant's namespace."""
+    generation: Annotated[int, Field(ge=0)]
+    """The trial's generation."""
+    trial: Annotated[int, Field(ge=0)]
+    """The trial's number in the run's ledger, which records its genes and scores."""
+
+
 class DescendantSpec(ApiModel):
     """What to breed: parents, operator and contract. Immutable once created."""
 
@@ -100,6 +111,9 @@ class DescendantSpec(ApiModel):
     """The BreedingPolicy that admits this descendant."""
     evaluation_suite_ref: ObjectRef
     """The EvaluationSuite whose scorecard gates this descendant."""
+    origin: Origin | None = None
+    """Set by a BreedingRun on the descendants it makes of its best and Pareto-optimal
+    recipes: the run, generation and trial; the recipe itself is ``operator.merge``."""
 
     rules = (
         Rule(
@@ -256,6 +270,8 @@ class LineageStatus(ApiModel):
     (``0.1.0@sha256:...``) where the Job pinned its image by digest."""
     created_at: datetime
     """When the artifact was sealed, in UTC."""
+    origin: Origin | None = None
+    """The BreedingRun trial whose recipe it is, for a descendant a search made."""
 
 
 class ScorecardSummary(ApiModel):

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from studbook import __version__
 from studbook.api.base import ApiModel
 from studbook.api.common import Compatibility, Digest, Name, Niche, ShortText, TrainingData
-from studbook.api.descendant import ArtifactStatus, LineageStatus, ResourceProfile
+from studbook.api.descendant import ArtifactStatus, LineageStatus, Origin, ResourceProfile
 from studbook.api.operators import MergeConfig, OperatorSpec
 from studbook.api.suite import EvaluationSuiteSpec, SuiteDataset
 
@@ -83,6 +83,8 @@ class BreedTask(ApiModel):
     output: ShortText
     """The step's own output directory: it writes the model to ``model/`` there, and nothing
     anywhere else."""
+    origin: Origin | None = None
+    """The BreedingRun trial whose recipe this is, recorded in the lineage status."""
 
 
 class EvaluateTask(ApiModel):
@@ -285,6 +287,16 @@ def record_uri(store: str, namespace: str, name: str, uid: str, step: str, attem
     never takes the records of the one before.
     """
     return f"{store.rstrip('/')}/runs/{namespace}/{name}/{uid}/{step}-{attempt}.json"
+
+
+LEDGER_FILE = "ledger.json"
+"""The name of a BreedingRun's ledger (:class:`~studbook.api.ledger.Ledger`) in the store; its
+signature is ``ledger.json.sig`` beside it."""
+
+
+def ledger_uri(store: str, namespace: str, name: str, uid: str) -> str:
+    """Where a BreedingRun's ledger lives in the artifact store, keyed by the run's uid."""
+    return f"{store.rstrip('/')}/breedingruns/{namespace}/{name}/{uid}/{LEDGER_FILE}"
 
 
 def code_version(image: str | None) -> str:

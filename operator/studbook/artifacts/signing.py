@@ -60,6 +60,8 @@ DEFAULT_TOKEN_PATH = Path("/var/run/secrets/sigstore/token")
 
 SCORECARD_RESOURCE = "scorecard.json"
 """The one resource named in a scorecard's signed statement."""
+LEDGER_RESOURCE = "ledger.json"
+"""The one resource named in a BreedingRun ledger's signed statement."""
 
 _OIDC_ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 _OIDC_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
@@ -277,14 +279,24 @@ def _shard_manifest(artifact: str, hashed: Sequence[HashedFile], params: DigestP
     return ms_manifest.Manifest(artifact, items, kind)
 
 
-def _scorecard_manifest(artifact: str, scorecard: bytes) -> Any:
+def _document_manifest(subject: str, resource: str, data: bytes) -> Any:
+    """A signed statement about one document: its subject and the digest of its bytes."""
     from model_signing import manifest as ms_manifest
     from model_signing._hashing.hashing import Digest
 
     item = ms_manifest.FileManifestItem(
-        path=Path(SCORECARD_RESOURCE), digest=Digest("sha256", hashlib.sha256(scorecard).digest())
+        path=Path(resource), digest=Digest("sha256", hashlib.sha256(data).digest())
     )
-    return ms_manifest.Manifest(artifact, [item], ms_manifest._FileSerialization("sha256"))
+    return ms_manifest.Manifest(subject, [item], ms_manifest._FileSerialization("sha256"))
+
+
+def _scorecard_manifest(artifact: str, scorecard: bytes) -> Any:
+    return _document_manifest(artifact, SCORECARD_RESOURCE, scorecard)
+
+
+def ledger_subject(run: str) -> str:
+    """The subject a ledger's signature names: ``breedingrun:<namespace>/<name>``."""
+    return f"breedingrun:{run}"
 
 
 @contextmanager
@@ -371,6 +383,11 @@ def sign_scorecard(store: Store, artifact: str, scorecard: bytes, signer: Signer
     store.manifest(artifact)
     bundle = _sign_manifest(_scorecard_manifest(artifact, scorecard), signer)
     return store.add_scorecard(artifact, scorecard, bundle)
+
+
+def sign_ledger(run: str, ledger: bytes, signer: Signer) -> bytes:
+    """Sign the ledger of the run ``namespace/name``; the signature bundle's bytes."""
+    return _sign_manifest(_document_manifest(ledger_subject(run), LEDGER_RESOURCE, ledger), signer)
 
 
 # -- verification --------------------------------------------------------------------------
@@ -683,6 +700,19 @@ def verify_scorecard(
     if _statement_resources(statement) != _statement_resources(expected):
         raise ScorecardError("the scorecard's bytes are not the ones that were signed")
     return VerifiedScorecard(subject, json.loads(scorecard), checked.signer)
+
+
+def verify_ledger(run: str, ledger: bytes, bundle: bytes, policy: TrustPolicy) -> SignerIdentity:
+    """Verify the signature of the ledger of the run ``namespace/name``; who signed it."""
+    checked = _check_signature(bundle, policy)
+    if checked.statement.model_name != ledger_subject(run):
+        raise SignatureSubjectError(
+            f"the signature is about {checked.statement.model_name}, not the ledger of {run}"
+        )
+    expected = _document_manifest(ledger_subject(run), LEDGER_RESOURCE, ledger)
+    if _statement_resources(checked.statement) != _statement_resources(expected):
+        raise SignatureInvalidError("the ledger's bytes are not the ones that were signed")
+    return checked.signer
 
 
 def describe_signature(bundle: bytes) -> dict[str, Any]:

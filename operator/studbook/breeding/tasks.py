@@ -29,6 +29,7 @@ def breed_task(
         compatibility=spec.compatibility,
         store=store,
         output=output,
+        origin=spec.origin,
     )
 
 

@@ -185,6 +185,7 @@ def seal_output(store: Store, task: BreedTask, output: str, image: str | None) -
             data_digests=[d.digest for d in task.data],
             code_version=lineage.code_version,
             created_at=created,
+            origin=task.origin,
         ),
         profile=ResourceProfile(size_bytes=manifest.size),
     )

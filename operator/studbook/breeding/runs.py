@@ -1,0 +1,221 @@
+"""A BreedingRun around its search: admission, trial tasks, and the descendants it makes.
+
+Pure, shared by the controller and ``studbook breed``:
+
+* :func:`admit_run` judges a run before any trial: its objectives must read the suite's
+  ``optimize`` data, and a recipe of each searched method, its weights at the far end of
+  ``weightRange``, must pass the policy's admission of a Descendant (operator allowed, merge
+  weight within the mutation budget, parents signed and compatible, licences, restrictions);
+* :func:`trial_task` is the task of a batch of trials (a trial Job, or the local trial process);
+* :func:`descendant_of` is the Descendant a trial's recipe becomes once it is on the front,
+  pinned to the parent artifacts the trial was scored against, its origin naming the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from studbook.api import reasons
+from studbook.api.common import ParentRef
+from studbook.api.descendant import Descendant, DescendantSpec, Origin
+from studbook.api.ledger import TrialRecord
+from studbook.api.operators import (
+    SPARSIFYING_METHODS,
+    UNWEIGHTED_METHODS,
+    MergeConfig,
+    OperatorSpec,
+)
+from studbook.api.policy import BreedingPolicySpec
+from studbook.api.resource import ObjectMeta
+from studbook.api.run import DEFAULT_WEIGHT_RANGE, BreedingRun
+from studbook.api.suite import EvaluationSuite, MetricName, SuiteDataset
+from studbook.api.task import ParentArtifact, TrialSpec, TrialTask
+from studbook.breeding.admission import Decision, ParentFacts, Refusal, admit
+
+RUN_LABEL: Final = "breeding.studbook.dev/run"
+"""Label on the Descendants and trial Jobs of a run: the run's name."""
+
+_METRICS: Final = frozenset(MetricName.__args__)  # type: ignore[attr-defined]
+
+
+def run_key(run: BreedingRun) -> str:
+    """``namespace/name`` of a run."""
+    return f"{run.metadata.namespace or 'default'}/{run.metadata.name}"
+
+
+def _objective_refusals(run: BreedingRun, suite: EvaluationSuite) -> list[Refusal]:
+    datasets = {d.name: d for d in suite.spec.datasets}
+    optimize = sorted(n for n, d in datasets.items() if d.role == "optimize")
+    out = []
+    for i, objective in enumerate(run.spec.objectives):
+        field = f"spec.objectives[{i}].metric"
+        dataset, _, metric = objective.metric.rpartition("/")
+        found = datasets.get(dataset)
+        if found is None or found.role != "optimize":
+            why = "no dataset of" if found is None else f"a {found.role} dataset of"
+            out.append(
+                Refusal(
+                    reasons.INVALID_SPEC,
+                    field,
+                    f"{objective.metric}: {dataset or '(none)'} is {why} suite"
+                    f" {suite.metadata.name}; a search reads only optimize data:"
+                    f" {', '.join(optimize) or 'the suite has none'}",
+                )
+            )
+        elif metric not in _METRICS or metric == "custom":
+            out.append(
+                Refusal(
+                    reasons.INVALID_SPEC,
+                    field,
+                    f"{objective.metric}: {metric or '(none)'} is not a metric a trial measures;"
+                    f" one of {', '.join(sorted(_METRICS - {'custom'}))}",
+                )
+            )
+    return out
+
+
+def probe_specs(run: BreedingRun) -> list[DescendantSpec]:
+    """A recipe of each searched method, as a Descendant would carry it, for admission.
+
+    Weights sit at the end of ``weightRange`` farthest from zero, so the policy's merge-weight
+    budget judges the boldest recipe the search may propose.
+    """
+    spec = run.spec
+    space = spec.search_space
+    bounds = space.weight_range or DEFAULT_WEIGHT_RANGE
+    boldest = max(bounds.min, bounds.max, key=abs)
+    pool = [p.name for p in spec.parent_pool]
+    probes = []
+    for method in space.methods:
+        weighted = [p for p in pool if p != spec.base]
+        parents = weighted if method == "slerp" else pool
+        config = MergeConfig.model_validate(
+            {
+                "method": method,
+                "base": None if method == "slerp" else spec.base,
+                "weights": []
+                if method in UNWEIGHTED_METHODS
+                else [{"parent": p, "weight": boldest} for p in weighted],
+                "parameters": {
+                    "density": 1.0 if method in SPARSIFYING_METHODS else None,
+                    "t": 0.5 if method == "slerp" else None,
+                },
+                "dtype": spec.template.dtype,
+            }
+        )
+        probes.append(_spec(run, parents, config, None, {}))
+    return probes
+
+
+def admit_run(
+    run: BreedingRun,
+    suite: EvaluationSuite,
+    policy: BreedingPolicySpec,
+    parents: Mapping[str, ParentFacts | None],
+) -> Decision:
+    """Whether a run may start: its objectives, and what the policy says of its recipes.
+
+    Refusals are reported once each, whichever method's recipe raised them; parents not Ready
+    yet or missing are waited for, as for a Descendant.
+    """
+    refusals = _objective_refusals(run, suite)
+    waiting: list[str] = []
+    missing: list[str] = []
+    for probe in probe_specs(run):
+        decision = admit(probe, policy, parents)
+        method = probe.operator.merge.method if probe.operator.merge else "?"
+        for refusal in decision.refusals:
+            field = refusal.field.replace("spec.parents", "spec.parentPool")
+            if field.startswith("spec.operator.merge.weights"):
+                field = "spec.searchSpace.weightRange"
+            elif field.startswith("spec.operator"):
+                field = "spec.searchSpace.methods"
+            elif not field.startswith("spec.parentPool"):
+                field = field.replace("spec.", "spec.template.", 1)
+            moved = Refusal(refusal.reason, field, f"recipes of {method}: {refusal.message}")
+            if not any((r.reason, r.field) == (moved.reason, moved.field) for r in refusals):
+                refusals.append(moved)
+        waiting += [p for p in decision.waiting_for if p not in waiting]
+        missing += [p for p in decision.missing if p not in missing]
+    return Decision(tuple(refusals), tuple(waiting), tuple(missing))
+
+
+def optimize_datasets(run: BreedingRun, suite: EvaluationSuite) -> list[SuiteDataset]:
+    """The suite's datasets the run's objectives read, in suite order."""
+    wanted = {o.metric.rpartition("/")[0] for o in run.spec.objectives}
+    return [d for d in suite.spec.datasets if d.name in wanted and d.role == "optimize"]
+
+
+def trial_task(
+    run: BreedingRun,
+    suite: EvaluationSuite,
+    parents: Sequence[ParentArtifact],
+    store: str,
+    output: str,
+    trials: Sequence[TrialSpec],
+) -> TrialTask:
+    """The task that merges and scores a batch of trials, the parents loaded once."""
+    spec = run.spec
+    return TrialTask(
+        run=run_key(run),
+        parents=list(parents),
+        base=spec.base,
+        compatibility=spec.template.compatibility,
+        datasets=optimize_datasets(run, suite),
+        objectives=[o.metric for o in spec.objectives],
+        calibration_bins=suite.spec.calibration_bins,
+        suite_seed=suite.spec.seed,
+        store=store,
+        output=output,
+        trials=list(trials),
+    )
+
+
+def descendant_name(run: str, trial: int) -> str:
+    """The name of the Descendant of a run's trial: ``<run>-t<trial>``, kept to 63 characters."""
+    suffix = f"-t{trial}"
+    if len(run) + len(suffix) <= 63:
+        return run + suffix
+    digest = hashlib.sha256(run.encode()).hexdigest()[:8]
+    return f"{run[: 63 - len(suffix) - 9].rstrip('-')}-{digest}{suffix}"
+
+
+def _spec(
+    run: BreedingRun,
+    parents: Sequence[str],
+    recipe: MergeConfig,
+    origin: Origin | None,
+    pins: Mapping[str, str],
+) -> DescendantSpec:
+    spec = run.spec
+    template = spec.template
+    return DescendantSpec(
+        parents=[ParentRef(name=p, artifact_id=pins.get(p)) for p in parents],
+        operator=OperatorSpec(kind="merge", merge=recipe),
+        compatibility=template.compatibility,
+        license=template.license,
+        risk_tier=template.risk_tier,
+        niche=template.niche,
+        resources=template.resources,
+        policy_ref=spec.policy_ref,
+        evaluation_suite_ref=spec.evaluation_suite_ref,
+        origin=origin,
+    )
+
+
+def descendant_of(run: BreedingRun, record: TrialRecord, pins: Mapping[str, str]) -> Descendant:
+    """The Descendant a trial's recipe becomes, its parents pinned to the artifacts ``pins``
+    names (those the trial was scored against) and its origin naming the run and the trial."""
+    origin = Origin(
+        breeding_run=run.metadata.name, generation=record.generation, trial=record.number
+    )
+    return Descendant(
+        metadata=ObjectMeta(
+            name=descendant_name(run.metadata.name, record.number),
+            namespace=run.metadata.namespace,
+            labels={RUN_LABEL: run.metadata.name},
+        ),
+        spec=_spec(run, record.parents, record.recipe, origin, pins),
+    )
