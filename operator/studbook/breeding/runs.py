@@ -206,8 +206,10 @@ def _spec(
 
 
 def descendant_of(run: BreedingRun, record: TrialRecord, pins: Mapping[str, str]) -> Descendant:
-    """The Descendant a trial's recipe becomes, its parents pinned to the artifacts ``pins``
-    names (those the trial was scored against) and its origin naming the run and the trial."""
+    """The Descendant a trial's recipe becomes, its origin naming the run and the trial.
+
+    Its parents are pinned to the artifacts ``pins`` names: those the trial was scored against.
+    """
     origin = Origin(
         breeding_run=run.metadata.name, generation=record.generation, trial=record.number
     )
