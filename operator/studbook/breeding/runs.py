@@ -121,20 +121,28 @@ def admit_run(
     yet or missing are waited for, as for a Descendant.
     """
     refusals = _objective_refusals(run, suite)
+    pool = [p.name for p in run.spec.parent_pool]
     waiting: list[str] = []
     missing: list[str] = []
     for probe in probe_specs(run):
         decision = admit(probe, policy, parents)
         method = probe.operator.merge.method if probe.operator.merge else "?"
         for refusal in decision.refusals:
-            field = refusal.field.replace("spec.parents", "spec.parentPool")
-            if field.startswith("spec.operator.merge.weights"):
-                field = "spec.searchSpace.weightRange"
+            field, message = refusal.field, refusal.message
+            if field.startswith("spec.parents["):
+                # a probe lists SLERP's two parents only: name the parent by its pool index
+                index, _, rest = field.removeprefix("spec.parents[").partition("]")
+                parent = probe.parents[int(index)].name
+                field = f"spec.parentPool[{pool.index(parent)}]{rest}"
+            elif field.startswith("spec.parents"):
+                field = field.replace("spec.parents", "spec.parentPool", 1)
             elif field.startswith("spec.operator"):
-                field = "spec.searchSpace.methods"
-            elif not field.startswith("spec.parentPool"):
+                weights = field.startswith("spec.operator.merge.weights")
+                field = "spec.searchSpace." + ("weightRange" if weights else "methods")
+                message = f"recipes of {method}: {message}"
+            elif field.startswith("spec."):
                 field = field.replace("spec.", "spec.template.", 1)
-            moved = Refusal(refusal.reason, field, f"recipes of {method}: {refusal.message}")
+            moved = Refusal(refusal.reason, field, message)
             if not any((r.reason, r.field) == (moved.reason, moved.field) for r in refusals):
                 refusals.append(moved)
         waiting += [p for p in decision.waiting_for if p not in waiting]
