@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.builders import Body, Parent
+from tests.unit.artifacts.pki import new_key
 
 from studbook.api import Descendant, EvaluationSuite, parse_manifest, reasons
 from studbook.api.task import ParentArtifact, TrialSpec, ledger_uri
@@ -28,7 +29,6 @@ from studbook.breeding.runs import (
     trial_task,
 )
 from studbook.breeding.search import Scores, Search
-from tests.unit.artifacts.pki import new_key
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 POOL = ("minilm-base", "minilm-sentiment", "minilm-topic")
