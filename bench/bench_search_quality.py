@@ -113,7 +113,7 @@ def run_spec(name: str, strategy: str, seed: int, trials: int) -> dict[str, Any]
             "blocks": 2,
         },
         "strategy": strategy,
-        "budget": {"maxTrials": trials, "population": 10, "parallelism": 1},
+        "budget": {"maxTrials": trials, "population": min(10, trials), "parallelism": 1},
         "seed": seed,
         "template": {
             "compatibility": {
