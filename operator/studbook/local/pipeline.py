@@ -51,7 +51,14 @@ from studbook.local.steps import (
     signer_from_dir,
     step_results,
 )
-from studbook.local.workspace import NAMESPACE, Activity, Progress, Workspace, last_line
+from studbook.local.workspace import (
+    NAMESPACE,
+    TRAINER,
+    Activity,
+    Progress,
+    Workspace,
+    last_line,
+)
 
 
 def local_trust(policy: BreedingPolicySpec, *keys: TrustedKey) -> TrustPolicy:
@@ -123,10 +130,6 @@ def _never_called(_: object) -> None:
 
 class RefusedError(ManifestsError):
     """Descendants or runs refused at admission before anything ran, each by file and field."""
-
-
-TRAINER = "studbook_trainer"
-"""The trainer's entry point, what a breeding Job runs: ``python -m studbook_trainer``."""
 
 
 def _trainer_main(argv: list[str], log: str, reason: str) -> None:

@@ -63,10 +63,14 @@ from studbook.breeding.search import Decision as SearchDecision
 from studbook.breeding.search import Failure, LedgerMismatch, Scores, Search, SearchSpecError
 from studbook.local.manifests import Manifests
 from studbook.local.steps import signer_from_dir
-from studbook.local.workspace import NAMESPACE, Progress, Workspace, last_line, replace_file
-
-TRAINER = "studbook_trainer"
-"""The trainer's entry point: ``python -m studbook_trainer``."""
+from studbook.local.workspace import (
+    NAMESPACE,
+    TRAINER,
+    Progress,
+    Workspace,
+    last_line,
+    replace_file,
+)
 
 SIGNATURE_SUFFIX = ".sig"
 """The ledger's signature bundle is stored beside it, its name with this suffix."""
@@ -305,12 +309,15 @@ class LocalSearches:
                 trial = pending.pop(0)
                 result = process.run(trial)
                 seconds = result.merge_seconds + result.score_seconds
-                search.tell(
-                    trial.number,
-                    Scores(result.metrics, seconds)
-                    if result.metrics is not None
-                    else Failure(result.error or "failed", seconds),
-                )
+                try:
+                    search.tell(
+                        trial.number,
+                        Scores(result.metrics, seconds)
+                        if result.metrics is not None
+                        else Failure(result.error or "failed", seconds),
+                    )
+                except ValueError as error:  # metrics other than the objectives
+                    raise RunError(f"trial {trial.number}: {error}") from None
                 save()
                 self.counted(name, _told(search), total)
                 self.progress(name, self._told_line(search, search.ledger().trials[trial.number]))

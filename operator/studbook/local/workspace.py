@@ -22,6 +22,9 @@ NAMESPACE = "local"
 """The namespace of every run in a workspace: each run of a descendant keeps its tasks, logs and
 records under ``runs/local/<name>/<run id>``, and each step writes into ``outputs/<its id>``."""
 
+TRAINER = "studbook_trainer"
+"""The trainer's entry point, what a breeding Job runs: ``python -m studbook_trainer``."""
+
 Progress = Callable[[str, str], None]
 """Told each event of a descendant or a BreedingRun: its name and what happened."""
 Activity = Callable[[str], None]

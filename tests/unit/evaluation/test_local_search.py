@@ -23,12 +23,15 @@ from cryptography.hazmat.primitives import serialization
 from tests.builders import Body
 
 from studbook.api import Descendant, parse_manifest
+from studbook.api.common import Compatibility
 from studbook.api.ledger import Ledger
-from studbook.api.task import TRIALS_FILE, TrialResult
+from studbook.api.suite import SuiteDataset
+from studbook.api.task import TRIALS_FILE, ParentArtifact, TrialResult, TrialTask
 from studbook.artifacts import TrustedKey, TrustPolicy
 from studbook.artifacts.signing import verify_ledger
 from studbook.local.manifests import load, manifest_files
 from studbook.local.pipeline import LocalBreeder
+from studbook.local.runs import RunError, TrialProcess
 from studbook.local.workspace import Workspace
 from studbook_trainer.evaluation import bytes_digest
 from studbook_trainer.operators.simple import directory_id
@@ -227,11 +230,20 @@ def test_the_report_shows_the_run(searched: Searched, tmp_path: Path) -> None:
     assert f"## Breeding run {RUN}" in markdown and f"]({recipe.name})" in markdown
 
 
-def test_an_interrupted_run_resumes_from_its_ledger(
-    searched: Searched, tmp_path: Path, models: Models, data: Data
-) -> None:
-    manifests = _manifests(tmp_path, models, data, _run())
-    workspace = tmp_path / "workspace"
+def _copy(searched: Searched, root: Path) -> tuple[Path, Path]:
+    """The searched directory and its workspace, copied; the parents bred, the run not yet."""
+    manifests, workspace = root / "manifests", root / "workspace"
+    shutil.copytree(searched.manifests, manifests)
+    shutil.copytree(searched.workspace, workspace)
+    return manifests, workspace
+
+
+def test_an_interrupted_run_resumes_from_its_ledger(searched: Searched, tmp_path: Path) -> None:
+    manifests, workspace = _copy(searched, tmp_path)
+    shutil.rmtree(workspace / "store" / "breedingruns")
+    for output in (workspace / "store" / "outputs").glob("brun-*"):
+        shutil.rmtree(output)
+    (workspace / "breedingruns.json").unlink()
     told: list[str] = []
 
     def progress(name: str, what: str) -> None:
@@ -260,8 +272,7 @@ def test_an_interrupted_run_resumes_from_its_ledger(
 def test_a_trial_in_flight_is_sent_again(searched: Searched, tmp_path: Path) -> None:
     """A ledger that says a trial is running (killed mid-trial) resumes by sending it again;
     the trial process answers it from its trials.jsonl if it had finished it."""
-    workspace = tmp_path / "workspace"
-    shutil.copytree(searched.workspace, workspace, symlinks=True)
+    manifests, workspace = _copy(searched, tmp_path)
     at, ledger = _ledger(workspace)
     at = Path(str(at).replace(str(searched.workspace), str(workspace)))
     # Cut the ledger back to before trial 5 was told: it stays proposed, running.
@@ -273,8 +284,6 @@ def test_a_trial_in_flight_is_sent_again(searched: Searched, tmp_path: Path) -> 
             by_alias=True, exclude_none=True
         )
     )
-    manifests = tmp_path / "manifests"
-    shutil.copytree(searched.manifests, manifests)
     done = _breed(manifests, workspace)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed from its ledger: 5 trials told" in done.stdout
@@ -330,3 +339,34 @@ def test_a_refused_run_stops_before_anything_runs(
     assert not (tmp_path / "workspace" / "store" / "breedingruns").exists()
     record = _run_record(tmp_path / "workspace")
     assert record["status"]["phase"] == "Failed" and field in record["status"]["message"]
+
+
+def test_a_trial_process_that_refuses_its_task_says_why(tmp_path: Path, data: Data) -> None:
+    path = data.files["sentiment-optimize"]
+    dataset = SuiteDataset(
+        name="sentiment-optimize",
+        uri=path.as_uri(),
+        digest="sha256:" + "0" * 64,  # not the file's: refused before any parent is read
+        role="optimize",
+        task="classification",
+    )
+    parents = [
+        ParentArtifact(name=name, artifact_id="sha256:" + c * 64, uri=str(tmp_path / name))
+        for name, c in (("minilm-base", "a"), ("minilm-topic", "b"))
+    ]
+    task = TrialTask(
+        run=f"local/{RUN}",
+        parents=parents,
+        compatibility=Compatibility(base_family="minilm-l6", architecture="Bert", tokenizer_id="t"),
+        datasets=[dataset],
+        objectives=["sentiment-optimize/accuracy"],
+        store=str(tmp_path / "store"),
+        output=str(tmp_path / "out"),
+    )
+    task_path = tmp_path / "trials.task.json"
+    task_path.write_text(task.model_dump_json(by_alias=True, exclude_none=True))
+    with pytest.raises(RunError) as refused:
+        TrialProcess(task_path, tmp_path / "trials.log")
+    said = str(refused.value)
+    assert said.startswith("the trial process refused its task before it loaded the parents: ")
+    assert "sentiment-optimize" in said, said
