@@ -131,21 +131,29 @@ def breed(
         Path, typer.Option(help="Where the store, runs, key and registry live.")
     ] = Path(".studbook"),
 ) -> None:
-    """Breed a directory of manifests on this machine, as the operator would on a cluster."""
+    """Breed a directory of manifests on this machine, as the operator would on a cluster.
+
+    Descendants are bred parents first; then each BreedingRun is searched, one trial at a time,
+    and the Descendants of its Pareto front are bred, evaluated and signed.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
         SpinnerColumn,
+        TaskID,
         TextColumn,
         TimeElapsedColumn,
     )
     from rich.table import Table
 
     from studbook.api.descendant import DescendantStatus
+    from studbook.api.run import BreedingRunStatus
     from studbook.local.manifests import ManifestsError, load, manifest_files
-    from studbook.local.pipeline import LocalBreeder, Workspace
+    from studbook.local.pipeline import LocalBreeder
+    from studbook.local.runs import RunError
+    from studbook.local.workspace import Workspace
 
     console = Console()
 
@@ -166,6 +174,7 @@ def breed(
         raise typer.Exit(2) from None
     space = Workspace(workspace)
     statuses: dict[str, DescendantStatus] = {}
+    runs: dict[str, BreedingRunStatus] = {}
     with Progress(
         SpinnerColumn(),
         # Names and log lines are the user's text: shown as written, never read as markup.
@@ -186,23 +195,39 @@ def breed(
         def activity(line: str) -> None:
             bar.update(overall, step=_clean(line)[-70:])
 
+        searches: dict[str, TaskID] = {}
+
+        def counted(run: str, done: int, total: int) -> None:
+            if run not in searches:
+                searches[run] = bar.add_task(f"{_clean(run)} trials", total=total, step="")
+            bar.update(searches[run], completed=done, total=total)
+
         try:
-            breeder = LocalBreeder(space, event, activity)
+            breeder = LocalBreeder(space, event, activity, counted)
         except OSError as error:
             say(_shown(f"workspace {space.root}: {error}", "red"))
             raise typer.Exit(2) from None
         say(_shown(f"signing key: {space.key_dir / 'key.pem'}"))
         try:
             for name, status in breeder.breed(manifests):
+                if isinstance(status, BreedingRunStatus):
+                    runs[name] = status
+                    continue
+                if name not in manifests.descendants:  # a Descendant of a run's front
+                    bar.update(overall, total=len(statuses) + 1)
                 statuses[name] = status
                 bar.update(overall, advance=1, step="")
         except ManifestsError as error:
             say(_shown(f"nothing was bred: {error}", "red"))
             raise typer.Exit(1) from None
+        except RunError as error:
+            say(_shown(f"breeding run {error}", "red"))
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print(
                 f"[yellow]interrupted: {len(statuses)} of {len(manifests.descendants)} done and"
-                " recorded; run the same command again to carry on[/yellow]"
+                " recorded, and every trial told; run the same command again to carry on"
+                "[/yellow]"
             )
             raise typer.Exit(130) from None
     table = Table("descendant", "phase", "stage", "artifact", "verdict", "net gain")
@@ -218,8 +243,24 @@ def breed(
         )
         table.add_row(*(_shown(cell) for cell in cells))
     console.print(table)
+    for name, run in runs.items():
+        say(_shown(f"breeding run {name}: {run.phase}: {run.message or ''}", "bold"))
+        counts = f"{run.trials_done} trials scored, {run.trials_failed} failed"
+        say(_shown(f"  {counts}; ledger {run.ledger_uri or ''}"))
+        if run.best is not None:
+            values = ", ".join(f"{k} {v:.3f}" for k, v in run.best.objectives.items())
+            say(
+                _shown(
+                    f"  best: trial {run.best.trial} (generation {run.best.generation}, fitness"
+                    f" {run.best.fitness:.3f}: {values}) -> {run.best.descendant or 'not bred'}"
+                )
+            )
+        else:
+            say(_shown("  no feasible trial: no descendant"))
     say(_shown(f"workspace: {space.root}  (studbook report --workspace {space.root})"))
-    if any(s.phase != "Ready" for s in statuses.values()):
+    if any(s.phase != "Ready" for s in statuses.values()) or any(
+        r.phase == "Failed" for r in runs.values()
+    ):
         raise typer.Exit(1)
 
 
@@ -307,8 +348,9 @@ def reproduce(
 
     from studbook.artifacts import ArtifactError, Store, TrustedKey, Verifier
     from studbook.local.manifests import ManifestsError, load, manifest_files
-    from studbook.local.pipeline import Workspace, local_trust
+    from studbook.local.pipeline import local_trust
     from studbook.local.reproduce import ReproduceError, rebreed, recipe, registered_name
+    from studbook.local.workspace import Workspace
 
     console = Console()
 

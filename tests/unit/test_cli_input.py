@@ -95,13 +95,38 @@ def test_a_grandchild_the_policy_refuses_stops_the_set_before_any_step(tmp_path:
     assert not (runs / "minilm-base").exists() and not (runs / "minilm-sentiment").exists()
 
 
-def test_a_breeding_run_is_refused_before_any_step(tmp_path: Path) -> None:
+def test_a_breeding_run_with_an_unknown_parent_is_refused_before_any_step(
+    tmp_path: Path,
+) -> None:
     _lineage(tmp_path / "m", "Apache-2.0")
     path = _write(tmp_path / "m", "search.yaml", example("breeding-run"))
     result = _breed(tmp_path / "m", tmp_path / "ws")
     assert result.exit_code == 2, result.output
-    assert f"{path}: kind: BreedingRun is not run by `studbook breed` yet" in result.output
+    assert f"{path}: spec.parentPool[2].name: no Descendant 'minilm-topic'" in result.output
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_breeding_run_the_policy_refuses_stops_the_set_before_any_step(
+    tmp_path: Path,
+) -> None:
+    _lineage(tmp_path / "m", "Apache-2.0")
+    run = (
+        Body.of("breeding-run")
+        .set("spec.parentPool", [{"name": "minilm-base"}, {"name": "minilm-sentiment"}])
+        .set("spec.objectives", [{"metric": "sentiment-gate/accuracy"}])
+        .manifest
+    )
+    path = _write(tmp_path / "m", "search.yaml", run)
+    workspace = tmp_path / "ws"
+    result = _breed(tmp_path / "m", workspace)
+    assert result.exit_code == 1, result.output
+    assert (
+        f"{path}: spec.objectives[0].metric: InvalidSpec: sentiment-gate/accuracy:"
+        " sentiment-gate is a gate dataset of suite sentiment-topic" in result.output
+    )
+    runs = json.loads((workspace / "breedingruns.json").read_text())
+    assert runs["sentiment-topic-search"]["status"]["phase"] == "Failed"
+    assert not (workspace / "store" / "runs" / "local" / "minilm-base").exists()
 
 
 def test_a_missing_directory_is_one_line(tmp_path: Path) -> None:

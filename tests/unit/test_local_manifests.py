@@ -176,14 +176,42 @@ def test_a_file_too_large_or_unreadable_is_refused_by_name(tmp_path: Path) -> No
     assert f"{missing}: cannot be read" in text and f"{tmp_path}: cannot be read" in text
 
 
-@pytest.mark.parametrize("kind", ["breeding-run", "promotion"])
-def test_kinds_breed_does_not_run_are_refused_not_ignored(tmp_path: Path, kind: str) -> None:
+def test_a_promotion_is_refused_not_ignored(tmp_path: Path) -> None:
     _family(tmp_path)
-    path = _write(tmp_path, f"{kind}.yaml", example(kind))
+    path = _write(tmp_path, "promotion.yaml", example("promotion"))
     with pytest.raises(ManifestsError) as caught:
         load(manifest_files(tmp_path))
-    assert f"{path}: kind: " in str(caught.value)
-    assert "is not run by `studbook breed` yet" in str(caught.value)
+    assert f"{path}: kind: Promotion is not run by `studbook breed`" in str(caught.value)
+
+
+def test_a_breeding_run_loads_with_its_references_checked(tmp_path: Path) -> None:
+    _family(tmp_path)
+    _write(tmp_path, "search.yaml", example("breeding-run"))
+    manifests = load(manifest_files(tmp_path))
+    assert list(manifests.runs) == ["sentiment-topic-search"]
+    wrong = (
+        Body.of("breeding-run")
+        .set("spec.parentPool", [{"name": "minilm-base"}, {"name": "minilm-sentimnet"}])
+        .set("spec.policyRef", {"name": "lenient"})
+        .set("spec.evaluationSuiteRef", {"name": "other"})
+        .manifest
+    )
+    path = _write(tmp_path, "search.yaml", wrong)
+    with pytest.raises(ManifestsError) as caught:
+        load(manifest_files(tmp_path))
+    text = str(caught.value)
+    assert f"{path}: spec.parentPool[1].name: no Descendant 'minilm-sentimnet'" in text
+    assert f"{path}: spec.policyRef.name: no BreedingPolicy 'lenient'" in text
+    assert f"{path}: spec.evaluationSuiteRef.name: no EvaluationSuite 'other'" in text
+
+
+def test_a_run_admission_refuses_is_found_up_front(tmp_path: Path) -> None:
+    _family(tmp_path)
+    gate = Body.of("breeding-run").set("spec.objectives", [{"metric": "sentiment-gate/accuracy"}])
+    _write(tmp_path, "search.yaml", gate.manifest)
+    decision = screen(load(manifest_files(tmp_path)))[("BreedingRun", "sentiment-topic-search")]
+    (refusal,) = [r for r in decision.refusals if r.field == "spec.objectives[0].metric"]
+    assert "a search reads only optimize data" in refusal.message
 
 
 def test_the_quickstart_loads_and_nothing_in_it_is_refused_up_front() -> None:

@@ -8,16 +8,22 @@ Pure, shared by the controller and ``studbook breed``:
   weight within the mutation budget, parents signed and compatible, licences, restrictions);
 * :func:`trial_task` is the task of a batch of trials (a trial Job, or the local trial process);
 * :func:`descendant_of` is the Descendant a trial's recipe becomes once it is on the front,
-  pinned to the parent artifacts the trial was scored against, its origin naming the run.
+  pinned to the parent artifacts the trial was scored against, its origin naming the run;
+* :func:`run_id` names a run's search by what its trials are a function of (so a run resumes
+  and continues, and a changed one starts afresh), :func:`layer_count` reads the parents' layer
+  count from a model configuration, and :func:`run_status` is the run's status as its search
+  stands.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Final
+from datetime import datetime
+from typing import Final, Literal
 
 from studbook.api import reasons
+from studbook.api.canonical import digest_of
 from studbook.api.common import ParentRef
 from studbook.api.descendant import Descendant, DescendantSpec, Origin
 from studbook.api.ledger import TrialRecord
@@ -29,10 +35,13 @@ from studbook.api.operators import (
 )
 from studbook.api.policy import BreedingPolicySpec
 from studbook.api.resource import ObjectMeta
-from studbook.api.run import DEFAULT_WEIGHT_RANGE, BreedingRun
+from studbook.api.run import DEFAULT_WEIGHT_RANGE, BreedingRun, BreedingRunStatus, TrialPoint
 from studbook.api.suite import EvaluationSuite, MetricName, SuiteDataset
 from studbook.api.task import ParentArtifact, TrialSpec, TrialTask
 from studbook.breeding.admission import Decision, ParentFacts, Refusal, admit
+from studbook.breeding.conditions import set_condition
+from studbook.breeding.search import Decision as SearchDecision
+from studbook.breeding.search import Search
 
 RUN_LABEL: Final = "breeding.studbook.dev/run"
 """Label on the Descendants and trial Jobs of a run: the run's name."""
@@ -228,4 +237,80 @@ def descendant_of(run: BreedingRun, record: TrialRecord, pins: Mapping[str, str]
             labels={RUN_LABEL: run.metadata.name},
         ),
         spec=_spec(run, record.parents, record.recipe, origin, pins),
+    )
+
+
+def run_id(run: BreedingRun, parent_ids: Sequence[str], suite: EvaluationSuite) -> str:
+    """The id of a run's search: a digest of what its trials are a function of.
+
+    Its spec but the budget, the parents' artifact ids (in pool order) and the suite. An
+    unchanged run has the same id, so its ledger resumes it, and raising ``maxTrials``
+    continues it; another recipe space, seed, parent artifact or suite starts a new search.
+    """
+    spec = run.spec.to_wire()
+    spec.pop("budget", None)
+    key = digest_of({"spec": spec, "parents": list(parent_ids), "suite": suite.spec.to_wire()})
+    return key.removeprefix("sha256:")[:32]
+
+
+LAYER_KEYS: Final = ("num_hidden_layers", "n_layer", "num_layers")
+"""The keys of a Hugging Face ``config.json`` that give the number of layers."""
+
+
+def layer_count(config: Mapping[str, object]) -> int | None:
+    """The number of layers a model's ``config.json`` names, or ``None`` where it names none."""
+    for key in LAYER_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def run_status(
+    search: Search,
+    decision: SearchDecision,
+    descendants: Mapping[int, str],
+    ledger: str,
+    elapsed_seconds: float,
+    now: datetime,
+) -> BreedingRunStatus:
+    """A run's status as the search stands: counts, best, front, history, ledger and conditions.
+
+    ``descendants`` names the Descendant made of each trial that has one (the front's, once
+    created); ``decision`` is the latest stop decision (none yet: the run is Running).
+    """
+
+    def named(point: TrialPoint) -> TrialPoint:
+        return point.model_copy(update={"descendant": descendants.get(point.trial)})
+
+    front = [named(p) for p in search.front()]
+    best = search.best()
+    phase: Literal["Running", "Succeeded", "Failed"] = "Running"
+    if decision.stop:
+        phase = "Failed" if decision.failed else "Succeeded"
+        conditions = set_condition(
+            [], reasons.PROGRESSING, "False", str(decision.reason), decision.message, None, now
+        )
+        conditions = set_condition(
+            conditions, reasons.COMPLETE, "True", str(decision.reason), decision.message, None, now
+        )
+    else:
+        message = f"{search.trials_done + search.trials_failed} trials told"
+        conditions = set_condition(
+            [], reasons.PROGRESSING, "True", reasons.PROGRESSING, message, None, now
+        )
+    return BreedingRunStatus(
+        phase=phase,
+        message=decision.message or None,
+        generation=search.generation,
+        trials_done=search.trials_done,
+        trials_failed=search.trials_failed,
+        trials_running=search.trials_running,
+        gpu_hours_used=search.gpu_hours_used,
+        elapsed_seconds=elapsed_seconds,
+        best=named(best) if best is not None else None,
+        pareto_front=front,
+        history=search.history(),
+        ledger_uri=ledger,
+        conditions=conditions,
     )

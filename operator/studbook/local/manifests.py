@@ -25,6 +25,7 @@ from studbook.api import (
     Resource,
     parse_manifest,
 )
+from studbook.api.common import ParentRef
 
 MAX_BYTES = 1 << 20
 """The largest manifest file read; a breeding manifest is a few KiB."""
@@ -41,6 +42,8 @@ class Manifests:
     policies: dict[str, BreedingPolicy] = field(default_factory=dict)
     suites: dict[str, EvaluationSuite] = field(default_factory=dict)
     descendants: dict[str, Descendant] = field(default_factory=dict)
+    runs: dict[str, BreedingRun] = field(default_factory=dict)
+    """BreedingRuns, searched once the descendants are bred."""
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
     """``file#index`` of each resource, by (kind, name)."""
 
@@ -197,14 +200,13 @@ def load(paths: Iterable[Path]) -> Manifests:
         except (TypeError, ValueError) as error:  # keys JSON cannot hold, such as a list
             problems.append((where, Problem("", f"not a manifest: {error}")))
             continue
-        if isinstance(resource, BreedingRun | Promotion):
-            kind = resource.kind_name()
+        if isinstance(resource, Promotion):
             problems.append(
                 (
                     where,
                     Problem(
                         "kind",
-                        f"{kind} is not run by `studbook breed` yet, nor by the operator;"
+                        "Promotion is not run by `studbook breed`: a release needs a cluster;"
                         " leave it out of the directory",
                     ),
                 )
@@ -226,35 +228,47 @@ def load(paths: Iterable[Path]) -> Manifests:
             found.suites[resource.metadata.name] = resource
         elif isinstance(resource, Descendant):
             found.descendants[resource.metadata.name] = resource
+        elif isinstance(resource, BreedingRun):
+            found.runs[resource.metadata.name] = resource
     for name, descendant in found.descendants.items():
         where = found.sources[("Descendant", name)]
         spec = descendant.spec
-        if spec.policy_ref.name not in found.policies:
-            problems.append(
-                (
-                    where,
-                    Problem("spec.policyRef.name", f"no BreedingPolicy {spec.policy_ref.name!r}"),
-                )
-            )
-        if spec.evaluation_suite_ref.name not in found.suites:
-            problems.append(
-                (
-                    where,
-                    Problem(
-                        "spec.evaluationSuiteRef.name",
-                        f"no EvaluationSuite {spec.evaluation_suite_ref.name!r}",
-                    ),
-                )
-            )
-        for i, parent in enumerate(spec.parents):
-            if parent.name not in found.descendants and parent.name not in broken:
-                problems.append(
-                    (where, Problem(f"spec.parents[{i}].name", f"no Descendant {parent.name!r}"))
-                )
+        problems += _governance(found, where, spec.policy_ref.name, spec.evaluation_suite_ref.name)
+        problems += _parents(found, broken, where, "spec.parents", spec.parents)
+    for name, run in found.runs.items():
+        where = found.sources[("BreedingRun", name)]
+        search = run.spec
+        problems += _governance(
+            found, where, search.policy_ref.name, search.evaluation_suite_ref.name
+        )
+        problems += _parents(found, broken, where, "spec.parentPool", search.parent_pool)
     if problems:
         raise ManifestsError(problems)
     order(found)
     return found
+
+
+def _governance(found: Manifests, where: str, policy: str, suite: str) -> list[tuple[str, Problem]]:
+    """Problems of a policy and suite reference that name no resource of the directory."""
+    problems = []
+    if policy not in found.policies:
+        problems.append((where, Problem("spec.policyRef.name", f"no BreedingPolicy {policy!r}")))
+    if suite not in found.suites:
+        problems.append(
+            (where, Problem("spec.evaluationSuiteRef.name", f"no EvaluationSuite {suite!r}"))
+        )
+    return problems
+
+
+def _parents(
+    found: Manifests, broken: set[str], where: str, at: str, parents: Iterable[ParentRef]
+) -> list[tuple[str, Problem]]:
+    """Problems of parent references that name no Descendant of the directory."""
+    return [
+        (where, Problem(f"{at}[{i}].name", f"no Descendant {parent.name!r}"))
+        for i, parent in enumerate(parents)
+        if parent.name not in found.descendants and parent.name not in broken
+    ]
 
 
 def order(manifests: Manifests) -> list[Descendant]:

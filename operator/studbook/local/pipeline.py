@@ -14,16 +14,17 @@ import runpy
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from studbook.api import Problem
 from studbook.api.canonical import digest_of
+from studbook.api.common import ParentRef
 from studbook.api.descendant import Descendant, DescendantStatus, Step
 from studbook.api.policy import BreedingPolicySpec
+from studbook.api.run import BreedingRunStatus
 from studbook.api.task import (
     EXIT_FAILED,
     TERMINATION_LOG_ENV,
@@ -39,8 +40,10 @@ from studbook.artifacts.errors import ArtifactError
 from studbook.artifacts.policy import trust_policy
 from studbook.breeding.admission import Decision, ParentFacts, admit
 from studbook.breeding.flow import TERMINAL, JobObservation, Observed, job_name, reconcile
+from studbook.breeding.runs import admit_run
 from studbook.breeding.tasks import breed_task, evaluate_task, sign_task
 from studbook.local.manifests import Manifests, ManifestsError, order
+from studbook.local.runs import LocalSearches, TrialCount, refusal_problems
 from studbook.local.steps import (
     parent_facts,
     run_sign,
@@ -48,74 +51,14 @@ from studbook.local.steps import (
     signer_from_dir,
     step_results,
 )
-
-NAMESPACE = "local"
-"""The namespace of every run in a workspace: each run of a descendant keeps its tasks, logs and
-records under ``runs/local/<name>/<run id>``, and each step writes into ``outputs/<its id>``."""
-
-Progress = Callable[[str, str], None]
-"""Told each event of a descendant: its name and what happened."""
-Activity = Callable[[str], None]
-"""Told the latest output line of the step that is running, about twice a second."""
-
-
-@dataclass
-class Workspace:
-    """Where local breeding keeps its store, its runs, its key and its registry."""
-
-    root: Path
-
-    @property
-    def store(self) -> Path:
-        """The artifact store."""
-        return self.root / "store"
-
-    @property
-    def key_dir(self) -> Path:
-        """The local signing key (``key.pem``), created on first use."""
-        return self.root / "signing"
-
-    @property
-    def registry_path(self) -> Path:
-        """Each descendant's status and the inputs it was bred from."""
-        return self.root / "registry.json"
-
-    def registry(self) -> dict[str, Any]:
-        """The registry, empty for a new workspace."""
-        if not self.registry_path.exists():
-            return {}
-        loaded: dict[str, Any] = json.loads(self.registry_path.read_text())
-        return loaded
-
-    def record(self, name: str, inputs: str, status: DescendantStatus) -> None:
-        """Record one descendant; the registry is replaced atomically, so a crash loses nothing."""
-        registry = self.registry()
-        registry[name] = {"inputs": inputs, "status": status.to_wire()}
-        partial = self.registry_path.with_name(f".registry.{uuid.uuid4().hex}")
-        partial.write_text(json.dumps(registry, indent=2, sort_keys=True))
-        os.replace(partial, self.registry_path)
-
-    def public_key(self) -> bytes:
-        """The workspace's signing key, created on first use; its public half."""
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        path = self.key_dir / "key.pem"
-        if not path.exists():
-            self.key_dir.mkdir(parents=True, exist_ok=True)
-            key = ec.generate_private_key(ec.SECP256R1())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        return private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+from studbook.local.workspace import (
+    NAMESPACE,
+    TRAINER,
+    Activity,
+    Progress,
+    Workspace,
+    last_line,
+)
 
 
 def local_trust(policy: BreedingPolicySpec, *keys: TrustedKey) -> TrustPolicy:
@@ -146,25 +89,38 @@ def _inputs(manifests: Manifests, descendant: Descendant, parents: list[ParentAr
     )
 
 
-def screen(manifests: Manifests) -> dict[str, Decision]:
-    """Each descendant that admission refuses on its manifests alone, with the decision.
-
-    Every parent counts as not bred yet, so what needs an artifact (signature, pins) waits for
-    the real admission; operator, budget, compatibility, licences and data restrictions do not.
-    """
+def _unbred_facts(manifests: Manifests, refs: Iterable[ParentRef]) -> dict[str, ParentFacts | None]:
+    """What admission knows of parents before any is bred: their manifests alone."""
     unbred = DescendantStatus()
-    refused = {}
+    return {
+        ref.name: parent_facts(
+            manifests.descendants[ref.name], unbred, _never_called, _never_called
+        )
+        for ref in refs
+    }
+
+
+def screen(manifests: Manifests) -> dict[tuple[str, str], Decision]:
+    """Each descendant and run that admission refuses on its manifests alone, with the decision.
+
+    Keyed by kind and name. Every parent counts as not bred yet, so what needs an artifact
+    (signature, pins) waits for the real admission; operator, budget, compatibility, licences,
+    data restrictions and a run's objectives do not.
+    """
+    refused: dict[tuple[str, str], Decision] = {}
     for descendant in order(manifests):
-        facts: dict[str, ParentFacts | None] = {
-            ref.name: parent_facts(
-                manifests.descendants[ref.name], unbred, _never_called, _never_called
-            )
-            for ref in descendant.spec.parents
-        }
+        facts = _unbred_facts(manifests, descendant.spec.parents)
         policy = manifests.policies[descendant.spec.policy_ref.name]
         decision = admit(descendant.spec, policy.spec, facts)
         if decision.refusals:
-            refused[descendant.metadata.name] = decision
+            refused[("Descendant", descendant.metadata.name)] = decision
+    for name, run in sorted(manifests.runs.items()):
+        facts = _unbred_facts(manifests, run.spec.parent_pool)
+        policy = manifests.policies[run.spec.policy_ref.name]
+        suite = manifests.suites[run.spec.evaluation_suite_ref.name]
+        decision = admit_run(run, suite, policy.spec, facts)
+        if decision.refusals:
+            refused[("BreedingRun", name)] = decision
     return refused
 
 
@@ -173,20 +129,7 @@ def _never_called(_: object) -> None:
 
 
 class RefusedError(ManifestsError):
-    """Descendants refused at admission before anything was bred, each by file and field."""
-
-
-def _last_line(log: Path) -> str:
-    """The last non-empty line of a step's log; progress bars rewrite theirs with CR."""
-    with log.open("rb") as handle:
-        handle.seek(max(0, log.stat().st_size - 2048))
-        tail = handle.read().decode(errors="replace")
-    lines = [part.strip() for part in tail.replace("\r", "\n").splitlines() if part.strip()]
-    return lines[-1] if lines else ""
-
-
-TRAINER = "studbook_trainer"
-"""The trainer's entry point, what a breeding Job runs: ``python -m studbook_trainer``."""
+    """Descendants or runs refused at admission before anything ran, each by file and field."""
 
 
 def _trainer_main(argv: list[str], log: str, reason: str) -> None:
@@ -225,7 +168,7 @@ class StepProcesses:
         process.start()
         try:
             while process.exitcode is None:
-                activity(_last_line(log))
+                activity(last_line(log))
                 process.join(0.5)
         finally:
             # Interrupted (Ctrl-C): the step goes too; its results were never recorded.
@@ -238,14 +181,22 @@ class StepProcesses:
         if reason.exists():
             return code, reason.read_text(errors="replace").strip()
         # Killed, or crashed before it could say why: its log ends with the likeliest cause.
-        return code, f"exit code {code}: {_last_line(log)}"
+        return code, f"exit code {code}: {last_line(log)}"
 
 
 class LocalBreeder:
-    """Breeds the descendants of a directory of manifests into a workspace, parents first."""
+    """Breeds a directory of manifests into a workspace: descendants, then BreedingRuns.
+
+    Descendants go parents first; then each run is searched and the Descendants of its Pareto
+    front are bred like any other.
+    """
 
     def __init__(
-        self, workspace: Workspace, progress: Progress, activity: Activity = lambda _: None
+        self,
+        workspace: Workspace,
+        progress: Progress,
+        activity: Activity = lambda _: None,
+        counted: TrialCount = lambda *_: None,
     ) -> None:
         self.workspace = workspace
         self.progress = progress
@@ -254,67 +205,100 @@ class LocalBreeder:
         workspace.store.mkdir(parents=True, exist_ok=True)
         self.public_key = workspace.public_key()
         self.store = Store.open(workspace.store)
+        self.searches = LocalSearches(workspace, progress, counted)
+        """The searches of the directory's BreedingRuns."""
 
-    def breed(self, manifests: Manifests) -> Iterator[tuple[str, DescendantStatus]]:
-        """Run every descendant to a terminal phase, parents first.
+    def breed(
+        self, manifests: Manifests
+    ) -> Iterator[tuple[str, DescendantStatus | BreedingRunStatus]]:
+        """Run every descendant to a terminal phase, parents first, then every BreedingRun.
 
-        Yields each name and status as it finishes. If admission refuses any descendant on its
-        manifests alone, nothing runs: each refused one is recorded Rejected and
-        :class:`RefusedError` names them all, rather than failing after its ancestors trained.
+        Yields each name and status as it finishes: the descendants, then per run the
+        Descendants of its Pareto front and the run itself. If admission refuses any descendant
+        or run on its manifests alone, nothing runs: each refused descendant is recorded
+        Rejected, each refused run Failed, and :class:`RefusedError` names them all, rather than
+        failing after its ancestors trained. A run that cannot go on raises
+        :class:`~studbook.local.runs.RunError`.
         """
         refused = screen(manifests)
         if refused:
             problems = []
             for descendant in order(manifests):
-                decision = refused.get(descendant.metadata.name)
+                decision = refused.get(("Descendant", descendant.metadata.name))
                 if decision is not None:
                     self._flow(manifests, descendant, [], decision)
-                    where = manifests.source(descendant)
-                    problems += [
-                        (where, Problem(r.field, f"{r.reason}: {r.message}"))
-                        for r in decision.refusals
-                    ]
+                    problems += refusal_problems(manifests.source(descendant), decision)
+            for name, run in sorted(manifests.runs.items()):
+                decision = refused.get(("BreedingRun", name))
+                if decision is not None:
+                    problems += self.searches.refuse(run, manifests.source(run), decision)
             raise RefusedError(problems)
         results: dict[str, DescendantStatus] = {}
         for descendant in order(manifests):
             name = descendant.metadata.name
             results[name] = self._one(manifests, descendant, results)
             yield name, results[name]
+        for name, run in sorted(manifests.runs.items()):
+            parents = self.artifacts(manifests, run.spec.parent_pool, results)
+            facts = self.facts(
+                manifests, name, run.spec.policy_ref.name, run.spec.parent_pool, results
+            )
+            search = self.searches.search(manifests, run, parents, facts)
+            for descendant in search.descendants:
+                child = descendant.metadata.name
+                results[child] = self._one(manifests, descendant, results)
+                yield child, results[child]
+            yield name, self.searches.finish(search, results)
 
-    def _facts(
-        self, manifests: Manifests, descendant: Descendant, done: dict[str, DescendantStatus]
+    def facts(
+        self,
+        manifests: Manifests,
+        who: str,
+        policy_name: str,
+        refs: Iterable[ParentRef],
+        done: Mapping[str, DescendantStatus],
     ) -> dict[str, ParentFacts | None]:
-        policy = manifests.policies[descendant.spec.policy_ref.name]
+        """What admission needs of each parent of ``who``, its Ready artifact verified now."""
+        policy = manifests.policies[policy_name]
         workspace = TrustedKey(self.public_key, "workspace")
         verifier = Verifier(self.store, local_trust(policy.spec, workspace))
 
         def refused(error: ArtifactError) -> None:
-            self.progress(descendant.metadata.name, f"parent refused: {error}")
+            self.progress(who, f"parent refused: {error}")
 
         return {
             ref.name: parent_facts(
                 manifests.descendants[ref.name], done[ref.name], verifier.verify, refused
             )
-            for ref in descendant.spec.parents
+            for ref in refs
         }
+
+    @staticmethod
+    def artifacts(
+        manifests: Manifests, refs: Iterable[ParentRef], done: Mapping[str, DescendantStatus]
+    ) -> list[ParentArtifact]:
+        """The sealed packages of the parents that have one, in the order given."""
+        return [
+            ParentArtifact(
+                name=ref.name,
+                artifact_id=artifact.id,
+                uri=artifact.uri,
+                niche=manifests.descendants[ref.name].spec.niche,
+            )
+            for ref in refs
+            if (artifact := done[ref.name].artifact) is not None
+        ]
 
     def _one(
         self, manifests: Manifests, descendant: Descendant, done: dict[str, DescendantStatus]
     ) -> DescendantStatus:
         name = descendant.metadata.name
-        parents = [
-            ParentArtifact(
-                name=ref.name,
-                artifact_id=done[ref.name].artifact.id,  # type: ignore[union-attr]
-                uri=done[ref.name].artifact.uri,  # type: ignore[union-attr]
-                niche=manifests.descendants[ref.name].spec.niche,
-            )
-            for ref in descendant.spec.parents
-            if done[ref.name].artifact is not None
-        ]
-        policy = manifests.policies[descendant.spec.policy_ref.name]
+        spec = descendant.spec
+        parents = self.artifacts(manifests, spec.parents, done)
+        policy = manifests.policies[spec.policy_ref.name]
         # Admission runs every time: a reused artifact must pass the policy as it is now.
-        decision = admit(descendant.spec, policy.spec, self._facts(manifests, descendant, done))
+        facts = self.facts(manifests, name, spec.policy_ref.name, spec.parents, done)
+        decision = admit(spec, policy.spec, facts)
         previous = self.workspace.registry().get(name)
         if (
             decision.admitted

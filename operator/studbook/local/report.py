@@ -1,9 +1,11 @@
 """``studbook report``: a breeding workspace as one self-contained page and as Markdown.
 
 :func:`load` reads the model of the report from a workspace: each descendant's status from the
-registry and its full scorecard from the store, where the sign step put it. Everything after that
-is a pure function of the model: :func:`headline`, :func:`layered_layout`, :func:`lineage_svg`,
-:func:`bar_chart`, :func:`to_html` and :func:`to_markdown`; :func:`write` puts the files down.
+registry and its full scorecard from the store, where the sign step put it, and each
+BreedingRun's status and ledger. Everything after that is a pure function of the model:
+:func:`headline`, :func:`layered_layout`, :func:`lineage_svg`, :func:`bar_chart`,
+:func:`pareto_svg`, :func:`gaps`, :func:`recipe_yaml`, :func:`to_html` and :func:`to_markdown`;
+:func:`write` puts the files down.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from studbook.api.descendant import DescendantStatus, ScorecardSummary
+import yaml
+
+from studbook.api.descendant import Descendant, DescendantStatus, ScorecardSummary
+from studbook.api.ledger import Ledger, TrialRecord
+from studbook.api.run import BreedingRunStatus
 from studbook.api.scorecard import MetricResult, Profile, Scorecard
 from studbook.artifacts import Store
 from studbook.artifacts.lineage import short
-from studbook.local.pipeline import Workspace
+from studbook.local.workspace import Workspace
 
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
@@ -71,6 +77,25 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class RunEntry:
+    """One BreedingRun of the workspace: its status, its ledger and its best recipe."""
+
+    name: str
+    """The run's name."""
+    status: BreedingRunStatus
+    """Its status, as ``studbook breed`` recorded it."""
+    ledger: Ledger | None
+    """Its ledger, where the store still has it."""
+    best: Descendant | None
+    """The Descendant of its best trial, as it was bred."""
+
+    def trial(self, number: int) -> TrialRecord | None:
+        """A trial of the ledger."""
+        trials = self.ledger.trials if self.ledger else []
+        return trials[number] if 0 <= number < len(trials) else None
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything the report shows, in lineage order (parents before children)."""
 
@@ -78,6 +103,8 @@ class Report:
     """The workspace it was read from."""
     entries: tuple[Entry, ...]
     """Every descendant of the registry."""
+    runs: tuple[RunEntry, ...] = ()
+    """Every BreedingRun the workspace recorded, by name."""
 
     @property
     def graph(self) -> dict[str, tuple[str, ...]]:
@@ -141,7 +168,26 @@ def load(workspace: Path) -> Report:
     ordered = sorted(
         entries.values(), key=lambda e: (e.status.lineage is None, depth[e.name], e.name)
     )
-    return Report(workspace=workspace, entries=tuple(ordered))
+    return Report(workspace=workspace, entries=tuple(ordered), runs=_runs(space))
+
+
+def _runs(space: Workspace) -> tuple[RunEntry, ...]:
+    try:
+        recorded = space.runs()
+        runs = []
+        for name, record in sorted(recorded.items()):
+            status = BreedingRunStatus.model_validate_json(json.dumps(record["status"]))
+            ledger = None
+            if status.ledger_uri and Path(status.ledger_uri).is_file():
+                ledger = Ledger.model_validate_json(Path(status.ledger_uri).read_bytes())
+            best = record.get("best")
+            recipe = Descendant.model_validate_json(json.dumps(best)) if best else None
+            runs.append(RunEntry(name, status, ledger, recipe))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ReportError(
+            "RegistryMalformed", f"{space.runs_path} cannot be read: {error}"
+        ) from None
+    return tuple(runs)
 
 
 def _scorecard(store: Store, name: str, status: DescendantStatus) -> Scorecard | None:
@@ -726,6 +772,214 @@ def _profiled(report: Report) -> list[tuple[Entry, Profile]]:
     return [(e, e.scorecard.profile) for e in report.entries if e.scorecard and e.scorecard.profile]
 
 
+# -- breeding runs ----------------------------------------------------------------------------
+
+
+def recipe_file(run: str) -> str:
+    """The file beside the report that holds a run's winning recipe as a Descendant manifest."""
+    return f"{run}-best.yaml"
+
+
+def pareto_file(run: str) -> str:
+    """The file beside the report that holds a run's Pareto plot (for the Markdown)."""
+    return f"{run}-pareto.svg"
+
+
+def _run_lines(run: RunEntry) -> list[str]:
+    status = run.status
+    lines = [
+        f"{status.phase}: {status.message or 'no reason recorded'}.",
+        f"{status.trials_done} trials scored, {status.trials_failed} failed, over"
+        f" {status.generation + 1} generations; ledger {status.ledger_uri or 'not written'}.",
+    ]
+    best = status.best
+    if best is not None:
+        values = ", ".join(f"{k} {_num(v)}" for k, v in best.objectives.items())
+        lines.append(
+            f"Best: trial {best.trial} of generation {best.generation}, fitness"
+            f" {_num(best.fitness)} ({values}): {best.recipe};"
+            f" its descendant {best.descendant or 'was not bred'}."
+        )
+    front = [p.descendant or f"trial {p.trial}" for p in status.pareto_front]
+    lines.append(f"Pareto front ({len(front)}): {_and(front)}." if front else "No feasible trial.")
+    return lines
+
+
+def pareto_svg(run: RunEntry) -> str:
+    """The run's scored trials as a scatter plot, its Pareto front dark and its best ringed.
+
+    With two objectives or more, the first two are the axes; with one, the trial number and
+    the objective. Failed trials are not drawn.
+    """
+    trials = [t for t in (run.ledger.trials if run.ledger else []) if t.values is not None]
+    metrics = list(trials[0].values or {}) if trials else []
+    front = {p.trial for p in run.status.pareto_front}
+    best = run.status.best.trial if run.status.best else None
+    if len(metrics) >= 2:
+        xlabel, ylabel = metrics[0], metrics[1]
+        points = [(t, (t.values or {})[xlabel], (t.values or {})[ylabel]) for t in trials]
+    else:
+        xlabel, ylabel = "trial", metrics[0] if metrics else "objective"
+        points = [(t, float(t.number), (t.values or {}).get(ylabel, 0.0)) for t in trials]
+    width, height, pad = 420.0, 300.0, 48.0
+
+    def scale(values: Sequence[float], size: float, flip: bool) -> Callable[[float], float]:
+        lo, hi = min(values, default=0.0), max(values, default=1.0)
+        span = (hi - lo) or 1.0
+
+        def at(v: float) -> float:
+            f = (v - lo) / span
+            return pad + (1 - f if flip else f) * (size - 2 * pad)
+
+        return at
+
+    x = scale([p[1] for p in points], width, False)
+    y = scale([p[2] for p in points], height, True)
+    title = f"{run.name}: trials on {xlabel} and {ylabel}; Pareto front dark, best ringed"
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="pareto" width="{width:.0f}"'
+        f' height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img"'
+        f' aria-label="{_esc(title)}"><title>{_esc(title)}</title>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}"'
+        ' stroke="#999"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
+        f'<text x="{width / 2:.0f}" y="{height - 12:.0f}" text-anchor="middle" font-size="12"'
+        f' style="{_FONT}">{_esc(xlabel)}</text>',
+        f'<text x="14" y="{height / 2:.0f}" text-anchor="middle" font-size="12"'
+        f' transform="rotate(-90 14 {height / 2:.0f})" style="{_FONT}">{_esc(ylabel)}</text>',
+    ]
+    for record, vx, vy in sorted(points, key=lambda p: p[0].number in front):
+        on_front = record.number in front
+        fill = "#1f5f99" if on_front else "#b8cde3"
+        values = ", ".join(f"{k} {_num(v)}" for k, v in (record.values or {}).items())
+        out.append(
+            f'<circle class="trial{" front" if on_front else ""}" data-trial="{record.number}"'
+            f' cx="{x(vx):.1f}" cy="{y(vy):.1f}" r="5" fill="{fill}">'
+            f"<title>trial {record.number} (generation {record.generation}): {_esc(values)}"
+            "</title></circle>"
+        )
+        if record.number == best:
+            out.append(
+                f'<circle class="best" cx="{x(vx):.1f}" cy="{y(vy):.1f}" r="9" fill="none"'
+                ' stroke="#c62828" stroke-width="2"/>'
+            )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _generation_table(run: RunEntry) -> _Table:
+    table = _Table(
+        ["generation", "scored", "failed", "best fitness", "mean fitness", "front", "improved"], []
+    )
+    for g in run.status.history:
+        table.rows.append(
+            _plain(
+                str(g.generation),
+                str(g.trials),
+                str(g.failed),
+                _num(g.best_fitness) if g.best_fitness is not None else "—",
+                _num(g.mean_fitness) if g.mean_fitness is not None else "—",
+                str(g.front_size),
+                "yes" if g.improved else "no",
+            )
+        )
+    return table
+
+
+GAP_RULE = (
+    "Each objective's value on optimize data (the trial's, from the ledger) is set against the"
+    " same metric of the descendant's scorecard on the gate dataset named like the optimize one"
+    " with 'optimize' replaced by 'gate' (sentiment-optimize: sentiment-gate). The gap is"
+    " optimize minus gate, signed so that a positive gap is always worse on gate data:"
+    " the search overfitted its optimize data by that much."
+)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One objective of one front descendant, on optimize data and on its gate counterpart."""
+
+    descendant: str
+    """The front descendant."""
+    trial: int
+    """Its trial."""
+    objective: str
+    """The objective, ``<optimize dataset>/<metric>``."""
+    optimize: float
+    """The trial's value on optimize data."""
+    gate: str | None
+    """The gate dataset paired with it; ``None`` where the suite has none by the rule."""
+    gate_value: float | None
+    """The descendant's value there, from its scorecard."""
+    gap: float | None
+    """How much worse it is on gate data than on optimize data (negative: better)."""
+
+
+def gaps(report: Report, run: RunEntry) -> list[Gap]:
+    """The optimize-vs-gate gap of every objective of every bred descendant of the front.
+
+    The pairing rule is :data:`GAP_RULE`.
+    """
+    out = []
+    for point in run.status.pareto_front:
+        entry = report.entry(point.descendant) if point.descendant else None
+        record = run.trial(point.trial)
+        if entry is None or entry.scorecard is None or record is None or not record.values:
+            continue
+        for objective, value in record.values.items():
+            dataset, _, metric = objective.rpartition("/")
+            gate = dataset.replace("optimize", "gate") if "optimize" in dataset else None
+            result = entry.scorecard.metric(f"{gate}/{metric}") if gate else None
+            if result is None:
+                out.append(Gap(entry.name, point.trial, objective, value, None, None, None))
+                continue
+            sign = 1.0 if result.direction == "maximize" else -1.0
+            gap = sign * (value - result.value)
+            out.append(Gap(entry.name, point.trial, objective, value, gate, result.value, gap))
+    return out
+
+
+def _gap_table(report: Report, run: RunEntry) -> _Table:
+    table = _Table(
+        ["descendant", "trial", "objective", "optimize (trial)", "gate dataset", "gate", "gap"],
+        [],
+    )
+    for g in gaps(report, run):
+        table.rows.append(
+            [
+                _Cell(g.descendant),
+                _Cell(str(g.trial)),
+                _Cell(g.objective),
+                _Cell(_num(g.optimize)),
+                _Cell(g.gate or "no gate counterpart"),
+                _Cell(_num(g.gate_value) if g.gate_value is not None else "—"),
+                _Cell(f"{g.gap:+.3f}" if g.gap is not None else "—", (g.gap or 0.0) > 0.0),
+            ]
+        )
+    return table
+
+
+RECIPE_NOTE = (
+    "The winning recipe as a Descendant manifest, to `kubectl apply` in a namespace that holds"
+    " the same policy, suite and parents. Its parents stay pinned to the artifacts the trials"
+    " were scored against (content ids: the same founders and recipes give the same ids), so a"
+    " cluster refuses it against other parents; its origin is left out, since no BreedingRun"
+    " of that name exists there."
+)
+
+
+def recipe_yaml(run: RunEntry) -> str | None:
+    """The run's best Descendant as a manifest to apply on a cluster (see :data:`RECIPE_NOTE`)."""
+    if run.best is None:
+        return None
+    manifest = run.best.to_wire()
+    manifest["metadata"] = {"name": run.best.metadata.name}
+    manifest["spec"].pop("origin", None)
+    manifest.pop("status", None)
+    head = f"# The best recipe of BreedingRun {run.name}, bred locally by `studbook breed`.\n"
+    return head + yaml.safe_dump(manifest, sort_keys=False)
+
+
 # -- HTML -------------------------------------------------------------------------------------
 
 _CSS = """
@@ -817,8 +1071,32 @@ def to_html(report: Report) -> str:
         "</section>\n",
         '<section id="verdicts"><h2>Verdicts</h2>',
         _html_table(_verdict_table(report)),
-        "</section>\n</body>\n</html>\n",
+        "</section>\n",
     ]
+    for run in report.runs:
+        parts += [
+            f'<section id="run-{_esc(run.name)}"><h2>Breeding run {_esc(run.name)}</h2>',
+            "<ul>",
+            *(f"<li>{_esc(line)}</li>" for line in _run_lines(run)),
+            "</ul>",
+        ]
+        if run.best is not None:
+            name = recipe_file(run.name)
+            parts.append(
+                f'<p>Winning recipe: <a href="{_esc(name)}">{_esc(name)}</a>.'
+                f" {_esc(RECIPE_NOTE)}</p>"
+            )
+        parts += [
+            "<h3>Pareto front</h3>",
+            pareto_svg(run),
+            "<h3>Fitness by generation</h3>",
+            _html_table(_generation_table(run)),
+            "<h3>Overfitting: optimize data (trial) vs gate data (scorecard)</h3>",
+            f"<p>{_esc(GAP_RULE)}</p>",
+            _html_table(_gap_table(report, run)),
+            "</section>\n",
+        ]
+    parts.append("</body>\n</html>\n")
     return "".join(parts)
 
 
@@ -875,17 +1153,43 @@ def to_markdown(report: Report, lineage_image: str = LINEAGE_FILE) -> str:
         "## Verdicts\n",
         _md_table(_verdict_table(report)),
     ]
+    for run in report.runs:
+        parts += [
+            f"## Breeding run {run.name}\n",
+            "".join(f"- {line}\n" for line in _run_lines(run)),
+        ]
+        if run.best is not None:
+            name = recipe_file(run.name)
+            parts.append(f"Winning recipe: [{name}]({name}). {RECIPE_NOTE}\n")
+        parts += [
+            "### Pareto front\n",
+            f"![Pareto front of {run.name}]({pareto_file(run.name)})\n",
+            "### Fitness by generation\n",
+            _md_table(_generation_table(run)),
+            "### Overfitting: optimize data (trial) vs gate data (scorecard)\n",
+            GAP_RULE + "\n",
+            _md_table(_gap_table(report, run)),
+        ]
     return "\n".join(parts)
 
 
 def write(report: Report, out: Path) -> list[Path]:
-    """Write ``report.html``, ``report.md`` and ``lineage.svg`` into ``out``; their paths."""
+    """Write ``report.html``, ``report.md`` and ``lineage.svg`` into ``out``; their paths.
+
+    Per BreedingRun also its Pareto plot (:func:`pareto_file`) and its winning recipe
+    (:func:`recipe_file`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     files = {
         out / HTML_FILE: to_html(report),
         out / MARKDOWN_FILE: to_markdown(report),
         out / LINEAGE_FILE: lineage_svg(report),
     }
+    for run in report.runs:
+        files[out / pareto_file(run.name)] = pareto_svg(run)
+        recipe = recipe_yaml(run)
+        if recipe is not None:
+            files[out / recipe_file(run.name)] = recipe
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
     return list(files)

@@ -26,8 +26,9 @@ from studbook.artifacts.digest import FileEntry
 from studbook.artifacts.errors import ArtifactError
 from studbook.breeding.tasks import breed_task
 from studbook.local.manifests import Manifests
-from studbook.local.pipeline import Activity, StepProcesses
+from studbook.local.pipeline import StepProcesses
 from studbook.local.steps import seal_output
+from studbook.local.workspace import Activity
 
 
 class ReproduceError(Exception):
