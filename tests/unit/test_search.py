@@ -328,6 +328,21 @@ def test_front_is_the_non_dominated_feasible_trials() -> None:
     assert max(r.best_fitness or -math.inf for r in history) == best.fitness
 
 
+def test_trials_that_tie_are_one_point_of_the_front_the_earliest() -> None:
+    spec = _spec(
+        {"spec.strategy": "random", "spec.budget.maxTrials": 6, "spec.budget.population": 3},
+        drop=("spec.nsga2",),
+    )
+    search = Search(spec)
+    scores = [(1.0, 0.5), (1.0, 1.0), (0.5, 1.0), (1.0, 1.0), (1.0, 1.0), (0.2, 0.2)]
+    for values in scores:
+        (candidate,) = search.ask(1)
+        search.tell(candidate.number, Scores(dict(zip((SENTIMENT, TOPIC), values, strict=True))))
+    assert [p.trial for p in search.front()] == [1]
+    assert [r.front_size for r in search.history()] == [1, 1]
+    assert [r.improved for r in search.history()] == [True, False]
+
+
 def test_fitness_negates_minimized_objectives() -> None:
     spec = _spec(
         {

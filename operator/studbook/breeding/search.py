@@ -631,11 +631,16 @@ class Search:
         """The Pareto front of the feasible scored trials, fittest first, at most ``limit``.
 
         The front is Optuna's ``best_trials``: with thresholds, the study is constrained and only
-        feasible trials count.
+        feasible trials count. Trials that tie in every objective are one point of the front,
+        the earliest of them: on saturated data many recipes score alike, and each point of the
+        front is bred and evaluated as a Descendant.
         """
-        points = [self._trial_point(t.number) for t in self._study.best_trials]
-        points.sort(key=lambda p: (-p.fitness, p.trial))
-        return points[:limit]
+        points: dict[tuple[float, ...], TrialPoint] = {}
+        for trial in sorted(self._study.best_trials, key=lambda t: t.number):
+            point = self._trial_point(trial.number)
+            points.setdefault(tuple(trial.values), point)
+        front = sorted(points.values(), key=lambda p: (-p.fitness, p.trial))
+        return front[:limit]
 
     def best(self) -> TrialPoint | None:
         """The fittest trial of the front."""
@@ -666,7 +671,7 @@ class Search:
         points = [self._point(v) for v in feasible]
         improved = any(not any(_covers(q, p) for q in self._front) for p in points)
         for p in points:
-            if not any(dominates(q, p) for q in self._front):
+            if not any(_covers(q, p) for q in self._front):
                 self._front = [q for q in self._front if not dominates(p, q)] + [p]
         fits = [self.fitness(v) for v in feasible]
         return GenerationRecord(
