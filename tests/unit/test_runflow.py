@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tests.builders import Body
 
 from studbook.api import reasons
 from studbook.api.run import BreedingRun, BreedingRunStatus
@@ -21,7 +22,6 @@ from studbook.breeding.runflow import (
     trial_job_name,
     trial_results,
 )
-from tests.builders import Body
 
 T0 = datetime(2026, 12, 6, 5, 0, tzinfo=UTC)
 SENTIMENT, TOPIC = "sentiment-optimize/accuracy", "topic-optimize/accuracy"
@@ -66,7 +66,7 @@ def after(observed: RunObserved, plan: RunPlan, **changes: Any) -> RunObserved:
         observed,
         run=target,
         ledger=plan.ledger or observed.ledger,
-        signed=observed.signed and plan.ledger is None or plan.sign,
+        signed=(observed.signed and plan.ledger is None) or plan.sign,
         descendants=observed.descendants | {d.metadata.name for d in plan.descendants},
         **changes,
     )
@@ -77,7 +77,9 @@ def cond(status: BreedingRunStatus, type_: str) -> tuple[str, str]:
     return found.status, found.reason
 
 
-def finished(name: str, first: int, last: int, scores: Mapping[int, float], **more: Any) -> TrialJob:
+def finished(
+    name: str, first: int, last: int, scores: Mapping[int, float], **more: Any
+) -> TrialJob:
     """A trial Job that succeeded, with a result for each trial of ``scores``."""
     results = {
         n: TrialResult(number=n, metrics={SENTIMENT: v, TOPIC: 1.6 - v}, merge_seconds=1.0)

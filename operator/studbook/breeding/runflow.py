@@ -39,6 +39,7 @@ from studbook.api.run import BreedingRun, BreedingRunStatus, TrialPoint
 from studbook.api.task import TrialResult, TrialSpec
 from studbook.breeding.admission import Decision
 from studbook.breeding.conditions import condition, set_condition
+from studbook.breeding.flow import Event
 from studbook.breeding.runs import descendant_name, descendant_of
 from studbook.breeding.search import (
     Failure,
@@ -55,8 +56,10 @@ SIGN_RETRY_SECONDS: Final = 60.0
 
 
 def trial_job_name(run: str, first: int, last: int) -> str:
-    """The name of the Job that runs a run's trials ``first`` to ``last``: the same trials give
-    the same name, kept to 63 characters."""
+    """The name of the Job that runs a run's trials ``first`` to ``last``, kept to 63 characters.
+
+    The same trials give the same name, so creating their Job twice is a no-op.
+    """
     suffix = f"-trials-{first}-{last}"
     if len(run) + len(suffix) <= 63:
         return run + suffix
@@ -146,15 +149,6 @@ class RunObserved:
     """Whether the ledger as it is in the store is signed."""
     signing_error: str | None = None
     """Why signing the ledger failed just now, if it did."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes event to post about the run."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -253,9 +247,7 @@ def _admitted(b: _Builder) -> RunPlan | None:
     o = b.observed
     decision = o.decision
     if decision is not None and decision.refusals:
-        return _fail(
-            b, decision.refusals[0].reason, "; ".join(str(r) for r in decision.refusals)
-        )
+        return _fail(b, decision.refusals[0].reason, "; ".join(str(r) for r in decision.refusals))
     waiting = [text for _, text in o.missing]
     if decision is None and not waiting:
         raise ValueError("an observation without missing references must carry a decision")
@@ -331,8 +323,10 @@ def _batch(run: str, records: Sequence[TrialRecord]) -> TrialBatch:
 
 
 def _elapsed(b: _Builder) -> float:
-    """Seconds counted so far: the time since the last look counts if the run was going on
-    then and not waiting on a queue."""
+    """Seconds counted against the wall-clock budget so far.
+
+    The time since the last look counts if the run was going on then and not waiting on a queue.
+    """
     previous = b.previous
     since = previous.elapsed_until
     elapsed = previous.elapsed_seconds
@@ -395,17 +389,19 @@ def reconcile(observed: RunObserved) -> RunPlan:
                 existing.add(child)
     history = search.history()
     done_before = max((h.generation for h in b.previous.history), default=-1)
-    for record in history:
-        if record.generation > done_before:
-            best_of = "none feasible" if record.best_fitness is None else (
-                f"best fitness {record.best_fitness:.4g}"
+    for summary in history:
+        if summary.generation > done_before:
+            best_of = (
+                "none feasible"
+                if summary.best_fitness is None
+                else f"best fitness {summary.best_fitness:.4g}"
             )
             b.events.append(
                 Event(
                     "Normal",
                     "GenerationCompleted",
-                    f"generation {record.generation}: {record.trials} scored, {record.failed}"
-                    f" failed, {best_of}, front of {record.front_size}",
+                    f"generation {summary.generation}: {summary.trials} scored,"
+                    f" {summary.failed} failed, {best_of}, front of {summary.front_size}",
                 )
             )
     b.update(
