@@ -1,0 +1,249 @@
+"""BreedingRuns against the real control plane: admission, trial Jobs, the ledger, restarts.
+
+Parents are sealed and signed in the test's store and marked Ready before the operator starts,
+as in test_admission_refusals. The trial Jobs land on kwok's fake nodes, whose pods complete
+without running a trainer: every trial fails for want of a result, which is enough to drive a
+search through its whole budget (failures count against it) and to show what the operator does
+with Jobs, the ledger, its signature, queues and restarts. Runs whose trials are really merged
+and scored are left to the local pod runner's e2e tests.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from studbook import GROUP, VERSION
+from studbook.api.ledger import Ledger
+from studbook.api.task import ledger_uri
+from studbook.artifacts import Store
+from studbook.artifacts.policy import trust_policy
+from studbook.artifacts.signing import sign_artifact, verify_ledger
+from studbook.breeding.runs import RUN_LABEL
+from studbook.k8s.jobs import LABEL_FIRST_TRIAL, LABEL_LAST_TRIAL
+from tests.builders import Body
+from tests.keys import ec_key
+from tests.operator_fixtures import (
+    OperatorProcess,
+    apply,
+    read_resource,
+    ready_parent,
+    seal_model,
+    signing_key,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+RUN = "sentiment-topic-search"
+PARENTS = ("minilm-base", "minilm-sentiment", "minilm-topic")
+
+
+def _policy(public: str) -> Body:
+    return Body.of("policy").set(
+        "spec.trustedSigners", [{"name": "test-key", "kind": "key", "key": {"publicKey": public}}]
+    )
+
+
+def _run(budget: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The example run on whole-model coefficients, with a small budget."""
+    body = Body.of("breeding-run")
+    spec = body.manifest["spec"]
+    spec["searchSpace"].update(layerGranularity="model", tensorKinds=[])
+    del spec["searchSpace"]["blocks"]
+    spec["budget"] = budget
+    for path, value in changes.items():
+        body.set(path, value)
+    return body.manifest
+
+
+def _governed(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> str:
+    """Policy, suite and three Ready, signed parents; the operator started with a signing key
+    of its own. Returns the trusted public key."""
+    store = Store.open(operator.store)
+    signer, public = signing_key(tmp_path)
+    apply(kube, namespace, _policy(public).manifest)
+    apply(kube, namespace, Body.of("suite").manifest)
+    for name in PARENTS:
+        artifact = seal_model(store, tmp_path, name)
+        sign_artifact(store, artifact, signer)
+        ready_parent(kube, namespace, name, artifact, store)
+    # The operator signs ledgers with its own key, which the policy trusts too.
+    operator_key = ec_key(tmp_path / "operator-signing" / "key.pem")
+    operator.env["STUDBOOK_SIGNING_DIR"] = str(tmp_path / "operator-signing")
+    operator.start()
+    return operator_key
+
+
+def _status(kube: client.ApiClient, namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = read_resource(kube, namespace, "breedingruns", RUN).get("status") or {}
+    return status
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c["type"] == type_), {}
+    )
+    return found
+
+
+def _trial_jobs(kube: client.ApiClient, namespace: str) -> list[client.V1Job]:
+    return list(
+        client.BatchV1Api(kube).list_namespaced_job(namespace, label_selector=RUN_LABEL).items
+    )
+
+
+def _ledger(operator: OperatorProcess, namespace: str, uid: str) -> tuple[bytes, Ledger]:
+    uri = ledger_uri(str(operator.store), namespace, RUN, uid)
+    raw = Path(uri).read_bytes()
+    return raw, Ledger.model_validate_json(raw)
+
+
+def _verify(operator: OperatorProcess, namespace: str, uid: str, public: str) -> Ledger:
+    raw, ledger = _ledger(operator, namespace, uid)
+    uri = ledger_uri(str(operator.store), namespace, RUN, uid)
+    bundle = Path(uri + ".sig").read_bytes()
+    trusted = _policy(public).policy().spec.trusted_signers
+    verify_ledger(f"{namespace}/{RUN}", raw, bundle, trust_policy(trusted))
+    return ledger
+
+
+def _finished(kube: client.ApiClient, namespace: str, trials: int) -> Any:
+    def probe() -> dict[str, Any] | None:
+        status = _status(kube, namespace)
+        done = status.get("trialsDone", 0) + status.get("trialsFailed", 0)
+        signed = _condition(status, "Signed").get("status") == "True"
+        return status if status.get("phase") == "Succeeded" and done == trials and signed else None
+
+    return probe
+
+
+def _each_trial_in_one_job(kube: client.ApiClient, namespace: str, trials: int) -> None:
+    jobs = _trial_jobs(kube, namespace)
+    given = Counter(
+        n
+        for j in jobs
+        for n in range(
+            int(j.metadata.labels[LABEL_FIRST_TRIAL]), int(j.metadata.labels[LABEL_LAST_TRIAL]) + 1
+        )
+    )
+    assert sorted(given) == list(range(trials)), given
+    assert set(given.values()) == {1}, f"a trial was given to two Jobs: {given}"
+    for job in jobs:
+        (owner,) = job.metadata.owner_references
+        assert (owner.kind, owner.name) == ("BreedingRun", RUN)
+
+
+def test_a_run_whose_objective_reads_gate_data_fails_naming_the_field_and_creates_no_job(
+    kube: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    _, public = signing_key(tmp_path)
+    apply(kube, namespace, _policy(public).manifest)
+    apply(kube, namespace, Body.of("suite").manifest)
+    gate = {"metric": "sentiment-gate/accuracy", "direction": "maximize"}
+    apply(kube, namespace, _run({"maxTrials": 4, "population": 2}, **{"spec.objectives": [gate]}))
+    status = wait_for(
+        lambda: (s := _status(kube, namespace)).get("phase") == "Failed" and s,
+        what="the run failed",
+        log=operator.log,
+    )
+    assert "spec.objectives[0].metric" in status["message"]
+    assert "sentiment-gate is a gate dataset" in status["message"]
+    assert _condition(status, "Complete")["reason"] == "InvalidSpec"
+    assert _trial_jobs(kube, namespace) == []
+
+
+def test_a_run_spends_its_budget_across_operator_kills_and_goes_on_when_it_grows(
+    kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    public = _governed(kube, namespace, idle_operator, tmp_path)
+    created = apply(kube, namespace, _run({"maxTrials": 6, "population": 3, "parallelism": 2}))
+    uid = created["metadata"]["uid"]
+    rng = random.Random(20261206)
+    for _ in range(4):
+        time.sleep(rng.uniform(0.5, 3.0))
+        idle_operator.kill()
+        idle_operator.start()
+    status = wait_for(
+        _finished(kube, namespace, 6), timeout=240, what="6 trials told", log=idle_operator.log
+    )
+    assert _condition(status, "Complete")["reason"] == "BudgetSpent"
+    # kwok's pods leave no results: each trial failed once, with the Job's words.
+    assert status["trialsFailed"] == 6 and status["trialsRunning"] == 0
+    assert [h["generation"] for h in status["history"]] == [0, 1]
+    assert status["ledgerUri"].endswith(f"/{uid}/ledger.json")
+    _each_trial_in_one_job(kube, namespace, 6)
+    ledger = _verify(idle_operator, namespace, uid, public)
+    assert sorted(t.told for t in ledger.trials if t.told is not None) == list(range(6))
+    assert all(t.state == "failed" for t in ledger.trials)
+    assert all("left no result" in (t.failure or "") for t in ledger.trials)
+
+    # More budget: the finished run goes on from its ledger to the new total.
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "breedingruns", RUN, {"spec": {"budget": {"maxTrials": 9}}}
+    )
+    wait_for(
+        lambda: _status(kube, namespace).get("phase") == "Running",
+        what="the run going on",
+        log=idle_operator.log,
+    )
+    status = wait_for(
+        _finished(kube, namespace, 9), timeout=240, what="9 trials told", log=idle_operator.log
+    )
+    _each_trial_in_one_job(kube, namespace, 9)
+    ledger = _verify(idle_operator, namespace, uid, public)
+    assert [t.number for t in ledger.trials] == list(range(9))
+    assert status["observedGeneration"] == 2
+
+
+def test_a_queued_trial_job_holds_the_clock_until_its_queue_admits_it(
+    kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    _governed(kube, namespace, idle_operator, tmp_path)
+    queued = {"cpu": "1", "memory": "1Gi", "queueName": "team-a"}
+    apply(
+        kube,
+        namespace,
+        _run(
+            {"maxTrials": 4, "population": 2, "parallelism": 2, "maxDurationSeconds": 3600},
+            **{"spec.template.resources": queued},
+        ),
+    )
+
+    def waiting() -> dict[str, Any] | None:
+        status = _status(kube, namespace)
+        return status if _condition(status, "Progressing").get("reason") == "JobSuspended" else None
+
+    status = wait_for(waiting, timeout=120, what="the run waiting", log=idle_operator.log)
+    assert "suspended until Kueue admits it to queue 'team-a'" in status["message"]
+    (job,) = _trial_jobs(kube, namespace)
+    assert job.spec.suspend is True
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    held = status["elapsedSeconds"]
+    # Past at least one sweep of the operator: the run still waits and its clock stands.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = _status(kube, namespace)
+        assert status["phase"] == "Running"
+        assert status["elapsedSeconds"] == held, "time in a suspended queue counted"
+        time.sleep(1)
+    client.BatchV1Api(kube).patch_namespaced_job(
+        job.metadata.name, namespace, {"spec": {"suspend": False}}
+    )
+    status = wait_for(
+        lambda: (s := _status(kube, namespace)).get("trialsFailed", 0) >= 2 and s,
+        timeout=120,
+        what="the admitted Job's trials told",
+        log=idle_operator.log,
+    )
+    assert status["phase"] == "Running"
+    names = {j.metadata.name for j in _trial_jobs(kube, namespace)}
+    assert names == {f"{RUN}-trials-0-1", f"{RUN}-trials-2-3"}
