@@ -236,8 +236,7 @@ class RunController:
 
     def _ledger(self, uri: str) -> tuple[Ledger | None, str | None]:
         try:
-            with fsspec.open(uri, "rb") as handle:
-                raw = handle.read()
+            raw = _read(uri)
         except FileNotFoundError:
             return None, None
         try:
@@ -337,11 +336,13 @@ class RunController:
                 log.info("created Descendant %s of run %s", child.metadata.name, run_key(run))
         if not plan.sign:
             return None
-        ledger = plan.ledger or observed.ledger
-        assert ledger is not None
         try:
+            # The bytes in the store, exactly: those just written, or those found there.
+            data = (
+                wire_bytes(plan.ledger) if plan.ledger is not None else _read(observed.ledger_uri)
+            )
             signer, _ = self.descendants.signer()
-            bundle = sign_ledger(run_key(run), wire_bytes(ledger), signer)
+            bundle = sign_ledger(run_key(run), data, signer)
             write_bytes(signature, bundle)
         except (ArtifactError, OSError, ValueError) as error:
             log.warning("signing the ledger of %s failed: %s", run_key(run), error)
@@ -378,6 +379,12 @@ class RunController:
             except ApiException as error:
                 if error.status != 404:  # deleted meanwhile
                     raise
+
+
+def _read(uri: str) -> bytes:
+    with fsspec.open(uri, "rb") as handle:
+        data: bytes = handle.read()
+    return data
 
 
 def _exists(uri: str) -> bool:
