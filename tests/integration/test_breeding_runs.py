@@ -4,8 +4,9 @@ Parents are sealed and signed in the test's store and marked Ready before the op
 as in test_admission_refusals. The trial Jobs land on kwok's fake nodes, whose pods complete
 without running a trainer: every trial fails for want of a result, which is enough to drive a
 search through its whole budget (failures count against it) and to show what the operator does
-with Jobs, the ledger, its signature, queues and restarts. Runs whose trials are really merged
-and scored are left to the local pod runner's e2e tests.
+with Jobs, the ledger, its signature, queues and restarts. Where a test needs scores, it plays the
+trainer (and Kueue): it writes a suspended trial Job's results into the Job's own output, then
+lets the Job go. Runs whose trials are really merged and scored are left to the e2e suite.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from kubernetes import client
 
 from studbook import GROUP, VERSION
 from studbook.api.ledger import Ledger
-from studbook.api.task import ledger_uri
+from studbook.api.task import TRIALS_FILE, TrialResult, TrialTask, ledger_uri, output_uri
 from studbook.artifacts import Store
 from studbook.artifacts.policy import trust_policy
 from studbook.artifacts.signing import sign_artifact, verify_ledger
 from studbook.breeding.runs import RUN_LABEL
-from studbook.k8s.jobs import LABEL_FIRST_TRIAL, LABEL_LAST_TRIAL
+from studbook.k8s.jobs import ANNOTATION_TASK, LABEL_FIRST_TRIAL, LABEL_LAST_TRIAL
 from tests.builders import Body
 from tests.keys import ec_key
 from tests.operator_fixtures import (
@@ -43,6 +44,7 @@ pytestmark = pytest.mark.cluster
 
 RUN = "sentiment-topic-search"
 PARENTS = ("minilm-base", "minilm-sentiment", "minilm-topic")
+SENTIMENT, TOPIC = "sentiment-optimize/accuracy", "topic-optimize/accuracy"
 
 
 def _policy(public: str) -> Body:
@@ -247,3 +249,89 @@ def test_a_queued_trial_job_holds_the_clock_until_its_queue_admits_it(
     assert status["phase"] == "Running"
     names = {j.metadata.name for j in _trial_jobs(kube, namespace)}
     assert names == {f"{RUN}-trials-0-1", f"{RUN}-trials-2-3"}
+
+
+def _play_trainer(operator: OperatorProcess, job: client.V1Job) -> None:
+    """Answer a trial Job's trials in its own output, as the trainer would: a trade-off between
+    the two objectives, so the front holds several trials."""
+    annotation = job.spec.template.metadata.annotations[ANNOTATION_TASK]
+    task = TrialTask.model_validate_json(annotation)
+    lines = []
+    for trial in task.trials:
+        step = trial.number % 5
+        metrics = {SENTIMENT: 0.7 + 0.05 * step, TOPIC: 0.95 - 0.05 * step}
+        result = TrialResult(number=trial.number, metrics=metrics, score_seconds=0.1)
+        lines.append(result.model_dump_json(by_alias=True))
+    output = Path(output_uri(str(operator.store), job.metadata.uid))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / TRIALS_FILE).write_text("\n".join(lines) + "\n")
+
+
+def test_a_scored_run_ends_with_a_signed_ledger_and_its_front_as_owned_descendants(
+    kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
+) -> None:
+    # The test plays Kueue and the trainer: each trial Job waits suspended until the test has
+    # written its results into the Job's own output, then is let go (kwok completes its pod).
+    public = _governed(kube, namespace, idle_operator, tmp_path)
+    queued = {"cpu": "1", "memory": "1Gi", "queueName": "team-a"}
+    created = apply(
+        kube,
+        namespace,
+        _run(
+            {"maxTrials": 6, "population": 3, "parallelism": 2},
+            **{"spec.template.resources": queued},
+        ),
+    )
+    uid = created["metadata"]["uid"]
+    answered: set[str] = set()
+    batch = client.BatchV1Api(kube)
+
+    def answer_then_done() -> dict[str, Any] | None:
+        for job in _trial_jobs(kube, namespace):
+            if job.metadata.name not in answered and job.spec.suspend:
+                _play_trainer(idle_operator, job)
+                batch.patch_namespaced_job(
+                    job.metadata.name, namespace, {"spec": {"suspend": False}}
+                )
+                answered.add(job.metadata.name)
+        probe: dict[str, Any] | None = _finished(kube, namespace, 6)()
+        return probe
+
+    status = wait_for(answer_then_done, timeout=240, what="6 trials scored", log=idle_operator.log)
+    assert _condition(status, "Complete")["reason"] == "BudgetSpent"
+    assert status["trialsDone"] == 6 and status["trialsFailed"] == 0
+    _each_trial_in_one_job(kube, namespace, 6)
+    ledger = _verify(idle_operator, namespace, uid, public)
+    assert sorted(t.told for t in ledger.trials if t.told is not None) == list(range(6))
+    assert all(t.state == "succeeded" for t in ledger.trials)
+    front = status["paretoFront"]
+    assert len(front) > 1, "the scores trade one objective off against the other"
+    assert status["best"]["descendant"] == f"{RUN}-t{status['best']['trial']}"
+    for point in front:
+        name = point["descendant"]
+        assert name == f"{RUN}-t{point['trial']}"
+        child = wait_for(
+            lambda n=name: _descendant(kube, namespace, n), what=name, log=idle_operator.log
+        )
+        assert child["spec"]["origin"] == {
+            "breedingRun": RUN,
+            "generation": point["generation"],
+            "trial": point["trial"],
+        }
+        assert child["metadata"]["labels"][RUN_LABEL] == RUN
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("BreedingRun", RUN, uid)
+        recipe = ledger.trials[point["trial"]].recipe
+        merge = child["spec"]["operator"]["merge"]
+        assert merge["method"] == recipe.method
+        assert merge["weights"] == [w.to_wire() for w in recipe.weights]
+        assert all(p.get("artifactId") for p in child["spec"]["parents"])
+
+
+def _descendant(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return read_resource(kube, namespace, "descendants", name)
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
