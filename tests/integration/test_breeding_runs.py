@@ -2,11 +2,10 @@
 
 Parents are sealed and signed in the test's store and marked Ready before the operator starts,
 as in test_admission_refusals. The trial Jobs land on kwok's fake nodes, whose pods complete
-without running a trainer: every trial fails for want of a result, which is enough to drive a
-search through its whole budget (failures count against it) and to show what the operator does
-with Jobs, the ledger, its signature, queues and restarts. Where a test needs scores, it plays the
-trainer (and Kueue): it writes a suspended trial Job's results into the Job's own output, then
-lets the Job go. Runs whose trials are really merged and scored are left to the e2e suite.
+without running a trainer, so a trial Job left alone fails its trials for want of a result. Where
+a test needs scores, it plays Kueue and the trainer (:class:`Trainer`): trial Jobs are created
+suspended in a queue, and it writes each one's results into the Job's own output before it lets
+the Job go. Runs whose trials are really merged and scored are left to the e2e suite.
 """
 
 from __future__ import annotations
@@ -45,6 +44,9 @@ pytestmark = pytest.mark.cluster
 RUN = "sentiment-topic-search"
 PARENTS = ("minilm-base", "minilm-sentiment", "minilm-topic")
 SENTIMENT, TOPIC = "sentiment-optimize/accuracy", "topic-optimize/accuracy"
+QUEUED = {"spec.template.resources": {"cpu": "1", "memory": "1Gi", "queueName": "team-a"}}
+"""Trial Jobs created suspended, waiting for Kueue's queue ``team-a`` (no Kueue runs here)."""
+KILLS = 6
 
 
 def _policy(public: str) -> Body:
@@ -167,58 +169,69 @@ def test_a_run_spends_its_budget_across_operator_kills_and_goes_on_when_it_grows
     kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
 ) -> None:
     public = _governed(kube, namespace, idle_operator, tmp_path)
-    created = apply(kube, namespace, _run({"maxTrials": 6, "population": 3, "parallelism": 2}))
-    uid = created["metadata"]["uid"]
-    rng = random.Random(20261206)
-    for _ in range(4):
-        time.sleep(rng.uniform(0.5, 3.0))
-        idle_operator.kill()
-        idle_operator.start()
-    status = wait_for(
-        _finished(kube, namespace, 6), timeout=240, what="6 trials told", log=idle_operator.log
+    created = apply(
+        kube, namespace, _run({"maxTrials": 8, "population": 3, "parallelism": 2}, **QUEUED)
     )
+    uid = created["metadata"]["uid"]
+    trainer = Trainer(kube, namespace, idle_operator)
+    rng = random.Random(20261206)
+    kills = {"count": 0, "next": time.monotonic() + rng.uniform(0.5, 3.0)}
+
+    def killing_until(trials: int) -> dict[str, Any] | None:
+        # The operator is killed at random points of the run: before or after it wrote the
+        # ledger, created a Job, told results, signed.
+        trainer.answer()
+        if kills["count"] < KILLS and time.monotonic() >= kills["next"]:
+            idle_operator.kill()
+            idle_operator.start()
+            kills["count"] += 1
+            kills["next"] = time.monotonic() + rng.uniform(0.5, 3.0)
+        probe: dict[str, Any] | None = _finished(kube, namespace, trials)()
+        return probe
+
+    status = wait_for(
+        lambda: killing_until(8), timeout=300, what="8 trials told", log=idle_operator.log
+    )
+    assert kills["count"] >= 2, "the operator was killed while the run went on"
     assert _condition(status, "Complete")["reason"] == "BudgetSpent"
-    # kwok's pods leave no results: each trial failed once, with the Job's words.
-    assert status["trialsFailed"] == 6 and status["trialsRunning"] == 0
-    assert [h["generation"] for h in status["history"]] == [0, 1]
+    assert (status["trialsDone"], status["trialsFailed"], status["trialsRunning"]) == (8, 0, 0)
+    assert [h["generation"] for h in status["history"]] == [0, 1, 2]
     assert status["ledgerUri"].endswith(f"/{uid}/ledger.json")
-    _each_trial_in_one_job(kube, namespace, 6)
+    _each_trial_in_one_job(kube, namespace, 8)
+    assert trainer.evaluated(idle_operator) == dict.fromkeys(range(8), 1)
     ledger = _verify(idle_operator, namespace, uid, public)
-    assert sorted(t.told for t in ledger.trials if t.told is not None) == list(range(6))
-    assert all(t.state == "failed" for t in ledger.trials)
-    assert all("left no result" in (t.failure or "") for t in ledger.trials)
+    assert sorted(t.told for t in ledger.trials if t.told is not None) == list(range(8))
 
     # More budget: the finished run goes on from its ledger to the new total.
     client.CustomObjectsApi(kube).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "breedingruns", RUN, {"spec": {"budget": {"maxTrials": 9}}}
+        GROUP, VERSION, namespace, "breedingruns", RUN, {"spec": {"budget": {"maxTrials": 11}}}
     )
-    wait_for(
-        lambda: _status(kube, namespace).get("phase") == "Running",
-        what="the run going on",
-        log=idle_operator.log,
-    )
+    kills["count"] = KILLS - 2
     status = wait_for(
-        _finished(kube, namespace, 9), timeout=240, what="9 trials told", log=idle_operator.log
+        lambda: killing_until(11), timeout=300, what="11 trials told", log=idle_operator.log
     )
-    _each_trial_in_one_job(kube, namespace, 9)
+    assert status["observedGeneration"] == 2 and status["trialsDone"] == 11
+    _each_trial_in_one_job(kube, namespace, 11)
+    assert trainer.evaluated(idle_operator) == dict.fromkeys(range(11), 1)
     ledger = _verify(idle_operator, namespace, uid, public)
-    assert [t.number for t in ledger.trials] == list(range(9))
-    assert status["observedGeneration"] == 2
+    assert [t.number for t in ledger.trials] == list(range(11))
+    started = [e for e in _events(kube, namespace) if e.reason == "Started"]
+    assert len(started) >= 2 and "continues" in started[-1].message, "it said it went on"
+
+
+def _events(kube: client.ApiClient, namespace: str) -> list[client.CoreV1Event]:
+    found = client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={RUN}"
+    )
+    return list(found.items)
 
 
 def test_a_queued_trial_job_holds_the_clock_until_its_queue_admits_it(
     kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
 ) -> None:
     _governed(kube, namespace, idle_operator, tmp_path)
-    queued = {"cpu": "1", "memory": "1Gi", "queueName": "team-a"}
-    apply(
-        kube,
-        namespace,
-        _run(
-            {"maxTrials": 4, "population": 2, "parallelism": 2, "maxDurationSeconds": 3600},
-            **{"spec.template.resources": queued},
-        ),
-    )
+    budget = {"maxTrials": 4, "population": 2, "parallelism": 2, "maxDurationSeconds": 3600}
+    created = apply(kube, namespace, _run(budget, **QUEUED))
 
     def waiting() -> dict[str, Any] | None:
         status = _status(kube, namespace)
@@ -247,24 +260,56 @@ def test_a_queued_trial_job_holds_the_clock_until_its_queue_admits_it(
         log=idle_operator.log,
     )
     assert status["phase"] == "Running"
+    # kwok's pod left no result: the Job's trials failed, with its words, and are not retried.
+    _, ledger = _ledger(idle_operator, namespace, created["metadata"]["uid"])
+    assert "the Job succeeded but left no result" in (ledger.trials[0].failure or "")
     names = {j.metadata.name for j in _trial_jobs(kube, namespace)}
     assert names == {f"{RUN}-trials-0-1", f"{RUN}-trials-2-3"}
 
 
-def _play_trainer(operator: OperatorProcess, job: client.V1Job) -> None:
-    """Answer a trial Job's trials in its own output, as the trainer would: a trade-off between
-    the two objectives, so the front holds several trials."""
-    annotation = job.spec.template.metadata.annotations[ANNOTATION_TASK]
-    task = TrialTask.model_validate_json(annotation)
-    lines = []
-    for trial in task.trials:
-        step = trial.number % 5
-        metrics = {SENTIMENT: 0.7 + 0.05 * step, TOPIC: 0.95 - 0.05 * step}
-        result = TrialResult(number=trial.number, metrics=metrics, score_seconds=0.1)
-        lines.append(result.model_dump_json(by_alias=True))
-    output = Path(output_uri(str(operator.store), job.metadata.uid))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / TRIALS_FILE).write_text("\n".join(lines) + "\n")
+class Trainer:
+    """Plays Kueue and the trainer for a run's trial Jobs, which wait suspended (``QUEUED``).
+
+    It answers each trial of a suspended Job in the Job's own output, a trade-off between the
+    two objectives so that the front holds several trials, then lets the Job go; kwok completes
+    its pod.
+    """
+
+    def __init__(self, kube: client.ApiClient, namespace: str, operator: OperatorProcess) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.operator = operator
+        self.answered: set[str] = set()
+
+    def answer(self) -> None:
+        """Answer and let go every suspended trial Job not answered yet."""
+        for job in _trial_jobs(self.kube, self.namespace):
+            if job.metadata.name in self.answered or not job.spec.suspend:
+                continue
+            task = TrialTask.model_validate_json(
+                job.spec.template.metadata.annotations[ANNOTATION_TASK]
+            )
+            lines = []
+            for trial in task.trials:
+                step = trial.number % 5
+                metrics = {SENTIMENT: 0.7 + 0.05 * step, TOPIC: 0.95 - 0.05 * step}
+                result = TrialResult(number=trial.number, metrics=metrics, score_seconds=0.1)
+                lines.append(result.model_dump_json(by_alias=True))
+            output = Path(output_uri(str(self.operator.store), job.metadata.uid))
+            output.mkdir(parents=True, exist_ok=True)
+            (output / TRIALS_FILE).write_text("\n".join(lines) + "\n")
+            client.BatchV1Api(self.kube).patch_namespaced_job(
+                job.metadata.name, self.namespace, {"spec": {"suspend": False}}
+            )
+            self.answered.add(job.metadata.name)
+
+    def evaluated(self, operator: OperatorProcess) -> dict[int, int]:
+        """How often each trial was evaluated: its result lines across every Job's output."""
+        counts: Counter[int] = Counter()
+        for results in Path(operator.store, "outputs").glob(f"*/{TRIALS_FILE}"):
+            for line in results.read_text().splitlines():
+                counts[TrialResult.model_validate_json(line).number] += 1
+        return dict(sorted(counts.items()))
 
 
 def test_a_scored_run_ends_with_a_signed_ledger_and_its_front_as_owned_descendants(
@@ -273,27 +318,14 @@ def test_a_scored_run_ends_with_a_signed_ledger_and_its_front_as_owned_descendan
     # The test plays Kueue and the trainer: each trial Job waits suspended until the test has
     # written its results into the Job's own output, then is let go (kwok completes its pod).
     public = _governed(kube, namespace, idle_operator, tmp_path)
-    queued = {"cpu": "1", "memory": "1Gi", "queueName": "team-a"}
     created = apply(
-        kube,
-        namespace,
-        _run(
-            {"maxTrials": 6, "population": 3, "parallelism": 2},
-            **{"spec.template.resources": queued},
-        ),
+        kube, namespace, _run({"maxTrials": 6, "population": 3, "parallelism": 2}, **QUEUED)
     )
     uid = created["metadata"]["uid"]
-    answered: set[str] = set()
-    batch = client.BatchV1Api(kube)
+    trainer = Trainer(kube, namespace, idle_operator)
 
     def answer_then_done() -> dict[str, Any] | None:
-        for job in _trial_jobs(kube, namespace):
-            if job.metadata.name not in answered and job.spec.suspend:
-                _play_trainer(idle_operator, job)
-                batch.patch_namespaced_job(
-                    job.metadata.name, namespace, {"spec": {"suspend": False}}
-                )
-                answered.add(job.metadata.name)
+        trainer.answer()
         probe: dict[str, Any] | None = _finished(kube, namespace, 6)()
         return probe
 
