@@ -336,6 +336,9 @@ def test_a_scored_run_ends_with_a_signed_ledger_and_its_front_as_owned_descendan
     ledger = _verify(idle_operator, namespace, uid, public)
     assert sorted(t.told for t in ledger.trials if t.told is not None) == list(range(6))
     assert all(t.state == "succeeded" for t in ledger.trials)
+    said = [e.reason for e in _events(kube, namespace)]
+    assert {"Started", "GenerationCompleted", "BudgetSpent"} <= set(said), said
+    assert 'studbook_trials_total{outcome="succeeded"} 6.0' in idle_operator.metrics()
     front = status["paretoFront"]
     assert len(front) > 1, "the scores trade one objective off against the other"
     assert status["best"]["descendant"] == f"{RUN}-t{status['best']['trial']}"
