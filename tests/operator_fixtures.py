@@ -16,10 +16,13 @@ import pytest
 from kubernetes import client
 
 from studbook import GROUP, VERSION
+from studbook.artifacts import KeySigner, Lineage, Store
 from studbook.controllers.webhook import CONFIGURATION
 from studbook.k8s.jobs import NON_ROOT_UID
+from tests.builders import Body
 from tests.cluster.controlplane import ControlPlane, free_port
 from tests.cluster.images import image
+from tests.keys import ec_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,4 +183,49 @@ def webhook_configured(kube: client.ApiClient) -> bool:
         for c in client.AdmissionregistrationV1Api(kube)
         .list_validating_webhook_configuration()
         .items
+    )
+
+
+def signing_key(tmp_path: Path) -> tuple[KeySigner, str]:
+    """A fresh EC key at ``tmp_path/signer.pem``: its signer and its public key (PEM)."""
+    public = ec_key(tmp_path / "signer.pem")
+    return KeySigner(tmp_path / "signer.pem"), public
+
+
+def seal_model(store: Store, tmp_path: Path, name: str) -> str:
+    """A small stand-in model, sealed into ``store`` as a founder; its artifact id."""
+    model = tmp_path / "models" / name
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(name.encode() * 512)
+    (model / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    lineage = Lineage(
+        operator="import",
+        config_hash="sha256:" + "0" * 64,
+        code_version="0.1.0",
+    )
+    return store.seal(model, lineage).id
+
+
+def ready_parent(
+    kube: client.ApiClient, namespace: str, name: str, artifact: str, store: Store, **spec: Any
+) -> None:
+    """A founder Descendant marked Ready with ``artifact``, as the operator marks one."""
+    body = Body.of("founder-import").set("metadata.name", name)
+    for path, value in spec.items():
+        body.set(path, value)
+    created = apply(kube, namespace, body.manifest)
+    status = {
+        "phase": "Ready",
+        "stage": "candidate",
+        "observedGeneration": created["metadata"]["generation"],
+        "artifact": {
+            "id": artifact,
+            "shortId": artifact[7:19],
+            "uri": store.package_path(artifact),
+            "sizeBytes": 1,
+            "signer": "test-key",
+        },
+    }
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "descendants", name, {"status": status}
     )

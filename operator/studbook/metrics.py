@@ -44,6 +44,9 @@ VERIFICATION_FAILURES = Counter(
 GPU_HOURS = Counter(
     "studbook_gpu_hours_total", "GPU hours spent by finished Jobs, by namespace", ["namespace"]
 )
+TRIALS = Counter(
+    "studbook_trials_total", "BreedingRun trials told, by outcome (succeeded, failed)", ["outcome"]
+)
 
 
 class _Population(Collector):

@@ -14,69 +14,33 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from studbook import GROUP, VERSION
-from studbook.artifacts import KeySigner, Lineage, Store
+from studbook.artifacts import Store
 from studbook.artifacts.signing import sign_artifact
 from tests.builders import Body
 from tests.cluster.controlplane import LOCAL_NODE_LABEL, LOCAL_NODE_TAINT
-from tests.keys import ec_key
-from tests.operator_fixtures import OperatorProcess, apply, descendant_status, wait_for
+from tests.operator_fixtures import (
+    OperatorProcess,
+    apply,
+    descendant_status,
+    ready_parent,
+    seal_model,
+    signing_key,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
-
-
-def _key(tmp_path: Path) -> tuple[KeySigner, str]:
-    public = ec_key(tmp_path / "signer.pem")
-    return KeySigner(tmp_path / "signer.pem"), public
-
-
-def _seal(store: Store, tmp_path: Path, name: str) -> str:
-    model = tmp_path / "models" / name
-    model.mkdir(parents=True)
-    (model / "model.safetensors").write_bytes(name.encode() * 512)
-    (model / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
-    lineage = Lineage(
-        operator="import",
-        config_hash="sha256:" + "0" * 64,
-        code_version="0.1.0",
-    )
-    return store.seal(model, lineage).id
-
-
-def _ready_parent(
-    kube: client.ApiClient, namespace: str, name: str, artifact: str, store: Store, **spec: Any
-) -> None:
-    body = Body.of("founder-import").set("metadata.name", name)
-    for path, value in spec.items():
-        body.set(path, value)
-    created = apply(kube, namespace, body.manifest)
-    status = {
-        "phase": "Ready",
-        "stage": "candidate",
-        "observedGeneration": created["metadata"]["generation"],
-        "artifact": {
-            "id": artifact,
-            "shortId": artifact[7:19],
-            "uri": store.package_path(artifact),
-            "sizeBytes": 1,
-            "signer": "test-key",
-        },
-    }
-    client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, "descendants", name, {"status": status}
-    )
 
 
 def test_each_refusal_has_its_reason_and_creates_no_job(
     kube: client.ApiClient, namespace: str, idle_operator: OperatorProcess, tmp_path: Path
 ) -> None:
     store = Store.open(idle_operator.store)
-    signer, public = _key(tmp_path)
+    signer, public = signing_key(tmp_path)
     signed = {}
     for name in ("base", "sentiment", "topic", "gpt2ish", "sharealike", "tampered"):
-        signed[name] = _seal(store, tmp_path, name)
+        signed[name] = seal_model(store, tmp_path, name)
         sign_artifact(store, signed[name], signer)
-    unsigned = _seal(store, tmp_path, "unsigned")
+    unsigned = seal_model(store, tmp_path, "unsigned")
     tampered_file = Path(store.package_path(signed["tampered"])) / "files" / "model.safetensors"
     os.chmod(tampered_file, 0o644)
     tampered_file.write_bytes(b"tampered" * 100)
@@ -92,8 +56,8 @@ def test_each_refusal_has_its_reason_and_creates_no_job(
     apply(kube, namespace, policy.manifest)
     apply(kube, namespace, Body.of("suite").manifest)
     for name in ("base", "sentiment", "topic"):
-        _ready_parent(kube, namespace, name, signed[name], store)
-    _ready_parent(
+        ready_parent(kube, namespace, name, signed[name], store)
+    ready_parent(
         kube,
         namespace,
         "gpt2ish",
@@ -101,7 +65,7 @@ def test_each_refusal_has_its_reason_and_creates_no_job(
         store,
         **{"spec.compatibility.tokenizerId": "gpt2-bpe-50257"},
     )
-    _ready_parent(
+    ready_parent(
         kube,
         namespace,
         "sharealike",
@@ -109,8 +73,8 @@ def test_each_refusal_has_its_reason_and_creates_no_job(
         store,
         **{"spec.license": "CC-BY-SA-4.0"},
     )
-    _ready_parent(kube, namespace, "tampered", signed["tampered"], store)
-    _ready_parent(kube, namespace, "unsigned", unsigned, store)
+    ready_parent(kube, namespace, "tampered", signed["tampered"], store)
+    ready_parent(kube, namespace, "unsigned", unsigned, store)
 
     def lora(name: str, parent: str, rank: int = 8) -> dict[str, Any]:
         return (

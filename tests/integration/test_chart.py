@@ -200,6 +200,7 @@ RuleId = tuple[str, str, str]
 NAMESPACED_RULES: tuple[RuleId, ...] = (
     ("Role", "kopfpeerings", "get"),
     ("Role", "descendants", "get"),
+    ("Role", "breedingpolicies", "get"),
     ("Role", "descendants/status", "patch"),
     ("Role", "jobs", "get"),
     ("Role", "pods", "list"),

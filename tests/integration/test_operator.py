@@ -139,7 +139,7 @@ def test_the_step_network_policy_is_put_back_when_edited_or_deleted(
         namespace,
         Body.of("founder-import").set("spec.resources", {"backoffLimit": 0}).manifest,
     )
-    fenced = (["breed", "evaluate"], 0, 0)
+    fenced = (["breed", "evaluate", "trials"], 0, 0)
     wait_for(lambda: _fence(kube, namespace) == fenced, what="step policy", log=operator.log)
     networking = client.NetworkingV1Api(kube)
     # Opened up: sign pods let out, and egress anywhere.

@@ -20,6 +20,7 @@ from tests.builders import Body
 
 from studbook import cli, metrics
 from studbook.api.descendant import DescendantStatus
+from studbook.breeding.runs import RUN_LABEL
 from studbook.controllers import handlers  # importing it registers the handlers
 from studbook.controllers.descendants import Controller
 from studbook.controllers.view import View
@@ -69,6 +70,8 @@ def _deliver(memo: kopf.Memo, descendant: dict[str, Any], job: dict[str, Any]) -
         "suite_index": {},
         "descendant_index": {("a", "x"): [descendant]},
         "job_index": {},
+        "run_index": {},
+        "run_job_index": {},
     }
 
     async def both() -> None:
@@ -150,7 +153,7 @@ def test_the_operator_freezes_what_it_loaded_before_kopf_starts() -> None:
         gc.set_threshold(*threshold)
 
 
-def test_only_jobs_with_the_descendant_label_are_watched_and_lists_come_in_pages(
+def test_only_studbooks_jobs_are_watched_and_lists_come_in_pages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On the server: kopf would receive every Job of the cluster and drop all but ours itself.
@@ -162,17 +165,14 @@ def test_only_jobs_with_the_descendant_label_are_watched_and_lists_come_in_pages
     try:
         selectors = settings.watching.label_selectors
         jobs = Resource("batch", "v1", "jobs", kind="Job")
-        assert selectors.collect(jobs) == [LABEL_DESCENDANT]
+        assert selectors.collect(jobs) == ["app.kubernetes.io/managed-by=studbook"]
         assert selectors.collect(Resource("batch", "v1", "cronjobs", kind="CronJob")) == []
         descendants = Resource(*handlers.DESCENDANTS, kind="Descendant")
         assert selectors.collect(descendants) == []  # parents are read from every Descendant
         # The handlers' own filter names the same label.
-        (job_handler,) = [
-            h
-            for h in kopf.get_default_registry()._watching.get_all_handlers()
-            if h.id == "job_event"
-        ]
-        assert job_handler.labels == {LABEL_DESCENDANT: kopf.PRESENT}
+        found = {h.id: h for h in kopf.get_default_registry()._watching.get_all_handlers()}
+        assert found["job_event"].labels == {LABEL_DESCENDANT: kopf.PRESENT}
+        assert found["trial_job_event"].labels == {RUN_LABEL: kopf.PRESENT}
         # A resume lists thousands of finished objects: in one response, decoded at once, the
         # peak stayed in the operator's RSS.
         assert settings.watching.chunk_size == handlers.LIST_CHUNK

@@ -11,8 +11,18 @@ from tests.manifests import example
 
 from studbook import __version__
 from studbook.api import Descendant, EvaluationSuite, parse_manifest, reasons
-from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact, code_version
+from studbook.api.operators import MergeConfig
+from studbook.api.run import BreedingRun
+from studbook.api.task import (
+    BreedTask,
+    EvaluateTask,
+    ParentArtifact,
+    TrialSpec,
+    TrialTask,
+    code_version,
+)
 from studbook.breeding.flow import job_name
+from studbook.breeding.runs import trial_task
 from studbook.breeding.tasks import breed_task, evaluate_task
 from studbook.controllers.view import indexed_job
 from studbook.k8s import jobs
@@ -160,7 +170,7 @@ def test_network_policy_allows_only_the_store() -> None:
     assert policy["spec"]["egress"] == list(SETTINGS.store_egress)
     selector = policy["spec"]["podSelector"]
     (expression,) = selector["matchExpressions"]
-    assert expression["values"] == ["breed", "evaluate"]
+    assert expression["values"] == ["breed", "evaluate", "trials"]
     for step in ("breed", "evaluate"):
         pod = job(_descendant(), step, 1)["spec"]["template"]["metadata"]
         assert selector["matchLabels"].items() <= pod["labels"].items()
@@ -316,3 +326,62 @@ def test_step_containers_fall_back_to_their_log_when_they_wrote_no_reason() -> N
     for step in ("breed", "evaluate"):
         (container,) = _pod(job(_descendant(), step, 1))["containers"]
         assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def _run(**changes: Any) -> BreedingRun:
+    body = Body.of("breeding-run").set("metadata.uid", "5d1c0b7a-2f3e-4d5c-8b9a-1e2f3a4b5c6d")
+    for path, value in changes.items():
+        body.set(path, value)
+    return body.run()
+
+
+def _trial_task(run: BreedingRun, numbers: range) -> TrialTask:
+    suite = parse_manifest(example("suite"))
+    assert isinstance(suite, EvaluationSuite)
+    parents = [
+        ParentArtifact(name=p.name, artifact_id="sha256:" + f"{i:02d}" * 32, uri="unused")
+        for i, p in enumerate(run.spec.parent_pool)
+    ]
+    merge = MergeConfig.model_validate({"method": "linear", "weights": []})
+    trials = [TrialSpec(number=n, merge=merge) for n in numbers]
+    return trial_task(run, suite, parents, "/work", OUTPUT_MOUNT, trials)
+
+
+def test_a_trial_job_is_a_step_job_of_its_run_named_and_labelled_for_its_trials() -> None:
+    queued = {"queueName": "team-a", "gpus": 1, "cpu": "2", "memory": "4Gi"}
+    run = _run(**{"spec.template.resources": queued})
+    body = jobs.trial_job(run, SETTINGS, _trial_task(run, range(4, 7)), DEADLINE)
+    assert body["metadata"]["name"] == "sentiment-topic-search-trials-4-6"
+    (owner,) = body["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == (
+        "BreedingRun",
+        "sentiment-topic-search",
+        True,
+    )
+    labels = body["metadata"]["labels"]
+    assert labels["breeding.studbook.dev/run"] == "sentiment-topic-search"
+    assert (labels[jobs.LABEL_FIRST_TRIAL], labels[jobs.LABEL_LAST_TRIAL]) == ("4", "6")
+    assert labels[jobs.LABEL_PURPOSE] == "trials" and jobs.LABEL_DESCENDANT not in labels
+    assert labels[jobs.LABEL_QUEUE] == "team-a" and body["spec"]["suspend"] is True
+    pod = _pod(body)
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "studbook_trainer", "trials"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[OUTPUT_MOUNT]["subPathExpr"] == "outputs/$(STUDBOOK_JOB_UID)"
+    read_only = sorted(m["subPath"] for m in mounts.values() if m.get("subPath"))
+    assert all(mounts[f"/work/{p}"]["readOnly"] for p in read_only)
+    assert len([p for p in read_only if p.startswith("sha256/")]) == 3
+    task = json.loads(body["spec"]["template"]["metadata"]["annotations"][jobs.ANNOTATION_TASK])
+    assert [t["number"] for t in task["trials"]] == [4, 5, 6]
+    assert all(d["role"] == "optimize" for d in task["datasets"])
+
+
+def test_a_trial_job_runs_consecutive_trials_only() -> None:
+    run = _run()
+    task = _trial_task(run, range(4, 7))
+    gap = task.model_copy(update={"trials": [task.trials[0], task.trials[2]]})
+    with pytest.raises(ValueError, match="consecutive"):
+        jobs.trial_job(run, SETTINGS, gap, DEADLINE)

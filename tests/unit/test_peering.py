@@ -94,6 +94,9 @@ class _Recorder:
     def sweep_due(self, namespace: str, name: str, interval: float) -> bool:
         return name in self.due
 
+    def done(self, body: dict[str, Any]) -> bool:
+        return bool(body["status"]["phase"] == "Ready")
+
 
 def _sweep(acting: Any, due: Collection[str] = ("x", "y", "done")) -> list[str]:
     def body(name: str, phase: str) -> dict[str, Any]:

@@ -58,3 +58,8 @@ CONVERGED: Final = "Converged"
 GOAL_REACHED: Final = "GoalReached"
 DURATION_EXCEEDED: Final = "DurationExceeded"
 TOO_MANY_FAILURES: Final = "TooManyFailures"
+# Where a BreedingRun's search is, and its ledger's signature.
+TRIALS_RUNNING: Final = "TrialsRunning"
+LEDGER_SIGNED: Final = "LedgerSigned"
+LEDGER_UNSIGNED: Final = "LedgerUnsigned"
+SIGNING_FAILED: Final = "SigningFailed"

@@ -8,6 +8,7 @@ Each trial is one merge recipe, scored on the suite's ``optimize`` data; a gener
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import Field
@@ -474,7 +475,13 @@ class BreedingRunStatus(ApiModel):
     gpu_hours_used: Annotated[float, Field(ge=0.0)] = 0.0
     """GPU hours the trials spent so far."""
     elapsed_seconds: Annotated[float, Field(ge=0.0)] = 0.0
-    """Wall-clock seconds counted against ``budget.maxDurationSeconds``."""
+    """Wall-clock seconds counted against ``budget.maxDurationSeconds``: time with trials
+    running or ready to run, not time when every outstanding trial Job waits suspended in a
+    queue."""
+    elapsed_until: datetime | None = None
+    """The moment ``elapsedSeconds`` counts up to. The next look adds the time since then if
+    the run was not waiting on a queue meanwhile, so a restarted operator neither loses nor
+    doubles any of it."""
     best: TrialPoint | None = None
     """The fittest feasible trial on the front, like Katib's ``currentOptimalTrial``."""
     pareto_front: Annotated[list[TrialPoint], Field(max_length=MAX_FRONT)] = []

@@ -21,7 +21,16 @@ M = TypeVar("M", bound=BaseModel)
 
 def write_result(uri: str, result: BaseModel) -> None:
     """Write a result so that a reader sees all of it or nothing."""
-    data = result.model_dump_json(by_alias=True, exclude_none=True).encode()
+    write_bytes(uri, wire_bytes(result))
+
+
+def wire_bytes(result: BaseModel) -> bytes:
+    """A document's bytes as :func:`write_result` writes them."""
+    return result.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a file so that a reader sees all of it or nothing."""
     fs, path = fsspec.core.url_to_fs(uri)
     fs.makedirs(os.path.dirname(path), exist_ok=True)
     if "file" in fs.protocol:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -133,6 +133,10 @@ class Controller:
                 )
         metrics.RECONCILES.labels("Descendant", "ok").inc()
         return plan
+
+    def done(self, body: dict[str, Any]) -> bool:
+        """Whether a Descendant is in a terminal phase: the sweeper passes it by."""
+        return (body.get("status") or {}).get("phase") in TERMINAL
 
     def sweep_due(self, namespace: str, name: str, interval: float) -> bool:
         """Whether a sweep should look at a Descendant: one was looked at, but not lately.
@@ -304,14 +308,15 @@ class Controller:
         whole artifact, which only reconciling can afford.
         """
         parents = {
-            ref.name: self._parent(namespace, policy, view.descendant(namespace, ref.name), verify)
+            ref.name: self.parent(namespace, policy, view.descendant(namespace, ref.name), verify)
             for ref in spec.parents
         }
         return admit(spec, policy.spec, parents)
 
-    def _parent(
+    def parent(
         self, namespace: str, policy: BreedingPolicy, parent: Descendant | None, verify: bool
     ) -> ParentFacts | None:
+        """What admission needs to know of a parent (``None``: not found), verified if asked."""
         if parent is None:
             return None
         where = f"{namespace}/{parent.metadata.name}"
@@ -345,18 +350,11 @@ class Controller:
         reason = exit_code = None
         name = job["metadata"]["name"]
         if phase == "Failed":
-            failed = conditions["Failed"]
-            reason = f"{failed.get('reason')}: {failed.get('message')}"
-            if failed.get("reason") == "DeadlineExceeded":
-                # Its pod was killed for it: the pod's last words would hide why.
-                deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
-                reason = f"DeadlineExceeded: the Job ran past its deadline of {deadline}s"
-            elif (terminated := self._termination(namespace, name)) is not None:
-                exit_code, reason = terminated
+            exit_code, reason = self.failure(namespace, job)
         stuck = self._stuck(namespace, job) if phase == "Pending" else None
         # A queued Job has a startTime too; its ref says when it ran, so it stays as created.
-        started = None if phase == "Pending" else _time(st.get("startTime"))
-        finished = _time(st.get("completionTime")) or _time(
+        started = None if phase == "Pending" else timestamp(st.get("startTime"))
+        finished = timestamp(st.get("completionTime")) or timestamp(
             conditions.get("Failed", {}).get("lastTransitionTime")
         )
         if phase in ("Succeeded", "Failed"):
@@ -374,6 +372,21 @@ class Controller:
             uid=job["metadata"].get("uid"),
         )
 
+    def failure(self, namespace: str, job: dict[str, Any]) -> tuple[int | None, str]:
+        """Why a failed Job failed: its container's exit code, if one is known, and a sentence."""
+        st = job.get("status") or {}
+        failed = next(
+            (c for c in st.get("conditions") or [] if c["type"] == "Failed"), {"reason": "Failed"}
+        )
+        if failed.get("reason") == "DeadlineExceeded":
+            # Its pod was killed for it: the pod's last words would hide why.
+            deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+            return None, f"DeadlineExceeded: the Job ran past its deadline of {deadline}s"
+        terminated = self._termination(namespace, job["metadata"]["name"])
+        if terminated is not None:
+            return terminated
+        return None, f"{failed.get('reason')}: {failed.get('message')}"
+
     def _stuck(self, namespace: str, job: dict[str, Any]) -> tuple[str, str] | None:
         """Why a Job that runs no pod yet is not getting one, if Kubernetes says so.
 
@@ -381,7 +394,7 @@ class Controller:
         running pod sooner, and listing pods for each would cost a request every reconcile.
         """
         found = builders.suspended(job)
-        created = _time(job["metadata"].get("creationTimestamp"))
+        created = timestamp(job["metadata"].get("creationTimestamp"))
         if found is not None or created is None:
             return found
         if (datetime.now(UTC) - created).total_seconds() < STUCK_AFTER:
@@ -413,10 +426,8 @@ class Controller:
             metrics.JOB_FAILURES.labels(step).inc()
         if started is None:
             return
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        gpus = int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
-        hours = ((finished or datetime.now(UTC)) - started).total_seconds() / 3600
-        metrics.GPU_HOURS.labels(namespace).inc(gpus * hours)
+        seconds = ((finished or datetime.now(UTC)) - started).total_seconds()
+        metrics.GPU_HOURS.labels(namespace).inc(gpus(job) * seconds / 3600)
 
     def _termination(self, namespace: str, job_name: str) -> tuple[int, str] | None:
         """The exit code of a failed Job's container, and why it failed."""
@@ -433,6 +444,11 @@ class Controller:
         return None
 
     # -- acting ---------------------------------------------------------------------------
+
+    def fence_once(self, namespace: str) -> None:
+        """Apply the namespace's step NetworkPolicy unless this process did already."""
+        if namespace not in self._fenced:
+            self.fence(namespace)
 
     def fence(self, namespace: str) -> None:
         """Apply the namespace's step NetworkPolicy as it should be.
@@ -452,8 +468,7 @@ class Controller:
                 signed = True
                 continue
             task = self._task(descendant, observed, step, view)
-            if namespace not in self._fenced:
-                self.fence(namespace)
+            self.fence_once(namespace)
             policy = view.policy(namespace, descendant.spec.policy_ref.name)
             body = builders.job(
                 descendant,
@@ -489,7 +504,7 @@ class Controller:
             scorecard = str(observed.evaluate.scorecard.uri)
             task = sign_task(descendant, observed.breed.artifact.id, scorecard, store, record)
             try:
-                run_sign(task, *self._signer())
+                run_sign(task, *self.signer())
             except SigningError as error:  # the key, the certificate or sigstore: may recover
                 code, reason = EXIT_FAILED, str(error)
             except ArtifactError as error:  # the artifact or scorecard is refused as it is
@@ -512,7 +527,7 @@ class Controller:
             exit_code=code or None,
         )
 
-    def _signer(self) -> tuple[Signer, str | None]:
+    def signer(self) -> tuple[Signer, str | None]:
         """The operator's signer and the identity it signs as."""
         if self.settings.signing_dir is None:
             raise SigningError("no signing material: STUDBOOK_SIGNING_DIR is not set")
@@ -525,8 +540,7 @@ class Controller:
         output = builders.OUTPUT_MOUNT
         namespace = descendant.metadata.namespace or "default"
         parents = [
-            _parent_artifact(view.descendant(namespace, ref.name))
-            for ref in descendant.spec.parents
+            parent_artifact(view.descendant(namespace, ref.name)) for ref in descendant.spec.parents
         ]
         if step == "breed":
             return breed_task(descendant, parents, store, output)
@@ -567,7 +581,7 @@ def finished(body: dict[str, Any]) -> bool:
     return current and status.get("phase") in TERMINAL
 
 
-def _parent_artifact(parent: Descendant | None) -> ParentArtifact:
+def parent_artifact(parent: Descendant | None) -> ParentArtifact:
     """A Ready parent as a Job sees it (admission made sure it is Ready)."""
     assert parent is not None and parent.status is not None
     assert parent.status.artifact is not None
@@ -593,11 +607,18 @@ def termination_reason(exit_code: int, reason: str | None, message: str | None) 
     return f"exit code {exit_code} ({reason or 'Error'}){detail}"
 
 
+def gpus(job: dict[str, Any]) -> int:
+    """The GPUs a Job's pod asks for."""
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return int((container.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+
+
 def _trusted(artifact: str) -> None:
     """Verifies nothing: the admission webhook leaves verification to reconciling."""
 
 
-def _time(value: str | None) -> datetime | None:
+def timestamp(value: str | None) -> datetime | None:
+    """A time as the API server writes it, or ``None``."""
     return datetime.fromisoformat(value) if value else None
 
 
@@ -657,16 +678,34 @@ class EventPoster:
             )
 
 
+class Reconciler(Protocol):
+    """A controller the sweeper drives: the Descendant controller, or the BreedingRun one."""
+
+    def reconcile(self, body: dict[str, Any], view: View) -> object:
+        """Bring one object a step further."""
+
+    def sweep_due(self, namespace: str, name: str, interval: float) -> bool:
+        """Whether a sweep should look at an object now."""
+
+    def done(self, body: dict[str, Any]) -> bool:
+        """Whether nothing can change an object any more but an edit of it."""
+
+
 class Sweeper:
-    """Looks at every unfinished Descendant periodically, so backoff expiries need no event."""
+    """Looks at every unfinished Descendant and BreedingRun periodically.
+
+    So backoff expiries, queues and the wall clock need no event.
+    """
 
     def __init__(
         self,
         controller: Controller,
         interval: float,
         acting: Callable[[Collection[str]], Collection[str]] | None = None,
+        runs: Reconciler | None = None,
     ) -> None:
         self.controller = controller
+        self.runs = runs
         self.interval = interval
         self.acting = acting
         self.view: View | None = None
@@ -688,30 +727,35 @@ class Sweeper:
                 self.sweep(view)
 
     def sweep(self, view: View) -> None:
-        """Reconcile every unfinished Descendant of the view where this replica may act.
+        """Reconcile every unfinished Descendant and run of the view where this replica may act.
 
         ``acting`` picks those namespaces when replicas peer; by default, all of them. Only
-        those ``Controller.sweep_due`` names: in a burst, the event handlers are at the rest
-        already, and sweeping them too would only repeat their writes.
+        those ``sweep_due`` names: in a burst, the event handlers are at the rest already, and
+        sweeping them too would only repeat their writes.
         """
-        entries = list(view.descendants.items())
-        namespaces: Collection[str] = {key[0] for key, _ in entries}
+        kinds: list[tuple[Reconciler, list[tuple[Any, Any]]]] = [
+            (self.controller, list(view.descendants.items()))
+        ]
+        if self.runs is not None:
+            kinds.append((self.runs, list(view.runs.items())))
+        namespaces: Collection[str] = {key[0] for _, entries in kinds for key, _ in entries}
         if self.acting is not None:
             try:
                 namespaces = self.acting(namespaces)
             except Exception:  # not knowing whether a peer outranks us, act nowhere this time
                 log.exception("peering unreadable; not sweeping")
                 return
-        for (namespace, _), values in entries:
-            if namespace not in namespaces:
-                continue
-            for body in list(values):
-                if (body.get("status") or {}).get("phase") in TERMINAL:
+        for controller, entries in kinds:
+            for (namespace, _), values in entries:
+                if namespace not in namespaces:
                     continue
-                name = body["metadata"]["name"]
-                if not self.controller.sweep_due(namespace, name, self.interval):
-                    continue
-                try:
-                    self.controller.reconcile(body, view)
-                except Exception:  # one broken object must not stop the sweep
-                    log.exception("sweeping %s failed", body["metadata"].get("name"))
+                for body in list(values):
+                    if controller.done(body):
+                        continue
+                    name = body["metadata"]["name"]
+                    if not controller.sweep_due(namespace, name, self.interval):
+                        continue
+                    try:
+                        controller.reconcile(body, view)
+                    except Exception:  # one broken object must not stop the sweep
+                        log.exception("sweeping %s failed", body["metadata"].get("name"))

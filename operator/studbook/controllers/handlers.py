@@ -21,7 +21,10 @@ from pydantic import ValidationError
 from studbook import GROUP, VERSION, metrics
 from studbook.api.descendant import Descendant, DescendantSpec
 from studbook.api.policy import BreedingPolicy
+from studbook.api.run import BreedingRun
 from studbook.api.suite import EvaluationSuite
+from studbook.breeding.runs import RUN_LABEL
+from studbook.controllers import runs
 from studbook.controllers.descendants import Controller, EventPoster, Sweeper, finished, refusal
 from studbook.controllers.peering import PeeringGate
 from studbook.controllers.resources import policy_status, suite_status
@@ -31,6 +34,7 @@ from studbook.k8s.client import api_client, get_object, patch_status
 from studbook.k8s.jobs import LABEL_DESCENDANT, STEP_POLICY, job_phase
 
 DESCENDANTS = (GROUP, VERSION, Descendant.crd.plural)
+RUNS = (GROUP, VERSION, BreedingRun.crd.plural)
 NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
 MANAGED_BY = "app.kubernetes.io/managed-by"
 Indexed = dict[tuple[str, str], dict[str, Any]]
@@ -77,10 +81,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
-    # Only our Jobs come from the API server. Without this selector, an operator that watches
-    # all namespaces would receive every Job in the cluster, and kopf would drop it only after
-    # parsing it and queueing it.
-    settings.watching.label_selectors["batch", "v1", "jobs"] = LABEL_DESCENDANT
+    # Only our Jobs (a Descendant's steps, a BreedingRun's trials) come from the API server.
+    # Without this selector, an operator that watches all namespaces would receive every Job in
+    # the cluster, and kopf would drop it only after parsing it and queueing it.
+    settings.watching.label_selectors["batch", "v1", "jobs"] = f"{MANAGED_BY}=studbook"
     settings.watching.label_selectors[NETWORK_POLICIES] = f"{MANAGED_BY}=studbook"
     settings.execution.max_workers = WORKERS
     settings.watching.chunk_size = LIST_CHUNK
@@ -91,17 +95,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.controller = Controller(
         api=api, settings=OperatorSettings.from_env(), post_event=EventPoster(api)
     )
+    memo.runs = runs.RunController(descendants=memo.controller, post_event=EventPoster(api))
     peering = settings.peering
     gate = None
     if not peering.standalone:
         gate = PeeringGate(api, peering.name, peering.priority, peering.clusterwide)
-    memo.sweeper = Sweeper(memo.controller, TIMER_INTERVAL, acting=gate)
+    memo.sweeper = Sweeper(memo.controller, TIMER_INTERVAL, acting=gate, runs=memo.runs)
     memo.sweeper.start()
 
 
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    """Stop looking at unfinished Descendants."""
+    """Stop looking at unfinished Descendants and runs."""
     memo.sweeper.stop()
 
 
@@ -141,12 +146,28 @@ async def job_index(
     return {(str(namespace), labels[LABEL_DESCENDANT]): indexed_job(dict(body))}
 
 
+@kopf.index(*RUNS)
+async def run_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Indexed:
+    """BreedingRuns by (namespace, name)."""
+    return {(str(namespace), name): indexed(dict(body))}
+
+
+@kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+async def run_job_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> Indexed:
+    """Trial Jobs by (namespace, owning BreedingRun), as far as reconciling reads them."""
+    return {(str(namespace), labels[RUN_LABEL]): indexed_job(dict(body))}
+
+
 def _view(kwargs: dict[str, Any]) -> View:
     return View(
         policies=kwargs["policy_index"],
         suites=kwargs["suite_index"],
         descendants=kwargs["descendant_index"],
         jobs=kwargs["job_index"],
+        runs=kwargs["run_index"],
+        run_jobs=kwargs["run_job_index"],
     )
 
 
@@ -254,6 +275,45 @@ async def job_event(
     owner = view.descendant_body(body["metadata"]["namespace"], labels[LABEL_DESCENDANT])
     if owner is not None and not finished(owner):
         await _reconcile(memo, owner, view)
+
+
+def _runs(memo: kopf.Memo) -> runs.RunController:
+    controller: runs.RunController = memo.runs
+    return controller
+
+
+async def _reconcile_run(memo: kopf.Memo, body: dict[str, Any], view: View) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(memo.executor, _runs(memo).reconcile, body, view)
+
+
+@kopf.on.event(*RUNS)
+async def run_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Every change of a BreedingRun is looked at once, but for our own status patches.
+
+    Nor a finished run's: an edit of its budget makes its status stale, so that one counts.
+    """
+    if type == "DELETED":
+        forget(str(body["metadata"].get("uid")))
+        return
+    view = _view(kwargs)
+    memo.sweeper.view = view
+    run = dict(body)
+    if not _runs(memo).echoes(run) and not runs.finished(run):
+        await _reconcile_run(memo, run, view)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+async def trial_job_event(
+    type: str | None, body: kopf.Body, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A trial Job changed (admitted by a queue, running, finished): look at its run now."""
+    if type == "DELETED":
+        return
+    view = _view(kwargs)
+    owner = view.run_body(body["metadata"]["namespace"], labels[RUN_LABEL])
+    if owner is not None and not runs.finished(owner):
+        await _reconcile_run(memo, owner, view)
 
 
 @kopf.on.event(*NETWORK_POLICIES, labels={MANAGED_BY: "studbook"})

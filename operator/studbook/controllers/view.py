@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from studbook.api.descendant import Descendant
@@ -104,6 +104,10 @@ class View:
     """Descendant bodies by (namespace, name)."""
     jobs: Mapping[Key, Any]
     """Job bodies by (namespace, owning Descendant's name)."""
+    runs: Mapping[Key, Any] = field(default_factory=dict)
+    """BreedingRun bodies by (namespace, name)."""
+    run_jobs: Mapping[Key, Any] = field(default_factory=dict)
+    """Trial Job bodies by (namespace, owning BreedingRun's name)."""
 
     def _typed(self, index: Mapping[Key, Any], cls: type[R], namespace: str, name: str) -> R | None:
         body = _one(index, (namespace, name))
@@ -128,3 +132,11 @@ class View:
     def jobs_of(self, namespace: str, name: str) -> list[Body]:
         """The Jobs a Descendant owns."""
         return list(self.jobs.get((namespace, name)) or [])
+
+    def run_body(self, namespace: str, name: str) -> Body | None:
+        """A BreedingRun's raw body."""
+        return _one(self.runs, (namespace, name))
+
+    def jobs_of_run(self, namespace: str, name: str) -> list[Body]:
+        """The trial Jobs a BreedingRun owns."""
+        return list(self.run_jobs.get((namespace, name)) or [])

@@ -64,6 +64,7 @@ def get_resource(api: ApiClient, cls: type[R], namespace: str, name: str) -> R |
 
 COLLECTIONS = {
     "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
+    "Descendant": f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/descendants",
     "Event": "/api/v1/namespaces/{namespace}/events",
     "Job": "/apis/batch/v1/namespaces/{namespace}/jobs",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",

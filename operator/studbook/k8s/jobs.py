@@ -1,4 +1,6 @@
-"""Builders of the Kubernetes objects a Descendant runs: its Jobs, and the NetworkPolicy of them.
+"""Builders of the Kubernetes objects Studbook runs: step Jobs, trial Jobs, their NetworkPolicy.
+
+A Descendant runs step Jobs (breed, evaluate); a BreedingRun runs trial Jobs.
 
 Step pods are untrusted: they run as non-root on a read-only root filesystem, get no
 service-account token, and a NetworkPolicy lets them reach nothing but the artifact store. Of the
@@ -6,8 +8,9 @@ store's volume a step pod mounts only its inputs, read-only (the packages and da
 names), and its own output directory, ``outputs/<its Job's uid>``, by ``subPathExpr`` from the
 uid the API server put in its labels: it can write nothing else, and what is found there was
 written by that Job. The operator seals and signs in its own process, so no pod of a tenant
-namespace sees signing material. Every object is owned by its Descendant, so deleting the
-Descendant removes its Jobs (never the sealed artifact, which lives in the store).
+namespace sees signing material. Every Job is owned by its Descendant or BreedingRun, so
+deleting the owner removes its Jobs (never the sealed artifacts or the ledger, which live in the
+store).
 """
 
 from __future__ import annotations
@@ -19,17 +22,27 @@ from typing import Any
 
 from studbook import GROUP
 from studbook.api import reasons
+from studbook.api.common import Resources
 from studbook.api.descendant import Descendant, JobPhase, Step
 from studbook.api.policy import LABEL_GPU_PRODUCT
-from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact
+from studbook.api.run import BreedingRun
+from studbook.api.task import BreedTask, EvaluateTask, ParentArtifact, TrialTask
 from studbook.artifacts.store import package_dir
 from studbook.breeding.flow import job_name
+from studbook.breeding.runflow import trial_job_name
+from studbook.breeding.runs import RUN_LABEL
 
 Body = dict[str, Any]
 
 LABEL_DESCENDANT = f"{GROUP}/descendant"
 LABEL_PURPOSE = f"{GROUP}/purpose"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_FIRST_TRIAL = f"{GROUP}/first-trial"
+"""On a trial Job: the first trial it runs."""
+LABEL_LAST_TRIAL = f"{GROUP}/last-trial"
+"""On a trial Job: the last trial it runs; it runs every trial from the first to this one."""
+TRIALS = "trials"
+"""The purpose of a BreedingRun's trial Jobs."""
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_TASK = f"{GROUP}/task"
 STEP_POLICY = "studbook-steps"
@@ -41,9 +54,10 @@ LABEL_JOB_UID = "batch.kubernetes.io/controller-uid"
 JOB_UID_ENV = "STUDBOOK_JOB_UID"
 NON_ROOT_UID = 65532
 
-COMMANDS: dict[Step, tuple[str, ...]] = {
+COMMANDS: dict[str, tuple[str, ...]] = {
     "breed": ("python", "-m", "studbook_trainer", "run"),
     "evaluate": ("python", "-m", "studbook_trainer", "evaluate"),
+    TRIALS: ("python", "-m", "studbook_trainer", "trials"),
 }
 """What each step's container runs; the task file follows as ``--task``. The sign step runs in
 the operator, so the signing material never enters a tenant namespace."""
@@ -124,8 +138,8 @@ def pod_stuck(pod: Body) -> tuple[str, str] | None:
     return None
 
 
-def owner_reference(owner: Descendant) -> Body:
-    """The owner reference that ties a child to its Descendant (garbage collection)."""
+def owner_reference(owner: Descendant | BreedingRun) -> Body:
+    """The owner reference that ties a child to its Descendant or BreedingRun (for GC)."""
     return {
         "apiVersion": owner.api_version,
         "kind": owner.kind,
@@ -136,21 +150,19 @@ def owner_reference(owner: Descendant) -> Body:
     }
 
 
-def _labels(owner: Descendant, purpose: Step, attempt: int) -> dict[str, str]:
+def _labels(purpose: str, resources: Resources, **own: str) -> dict[str, str]:
     labels = {
         "app.kubernetes.io/managed-by": "studbook",
-        "app.kubernetes.io/component": f"{purpose}",
-        LABEL_DESCENDANT: owner.metadata.name,
+        "app.kubernetes.io/component": purpose,
+        **own,
         LABEL_PURPOSE: purpose,
-        LABEL_ATTEMPT: str(attempt),
     }
-    if owner.spec.resources.queue_name:
-        labels[LABEL_QUEUE] = owner.spec.resources.queue_name
+    if resources.queue_name:
+        labels[LABEL_QUEUE] = resources.queue_name
     return labels
 
 
-def _resources(owner: Descendant, purpose: Step) -> Body:
-    spec = owner.spec.resources
+def _resources(spec: Resources) -> Body:
     amounts: dict[str, str] = {"cpu": spec.cpu, "memory": spec.memory}
     if spec.ephemeral_storage:
         amounts["ephemeral-storage"] = spec.ephemeral_storage
@@ -173,12 +185,17 @@ def _in_store(uri: str, store_mount: str) -> str | None:
     return relative
 
 
-def inputs(task: BreedTask | EvaluateTask, store_mount: str) -> list[str]:
+Task = BreedTask | EvaluateTask | TrialTask
+"""A task a Job runs."""
+
+
+def inputs(task: Task, store_mount: str) -> list[str]:
     """What of the store a step reads, as paths inside its volume: packages and data.
 
     Its packages (parents, and for evaluation the subject and the champion) and the data its
-    task names that lies in the store: each dataset and suite dataset, and a founder's import
-    source. Sorted, so an enclosing directory is mounted before what it holds.
+    task names that lies in the store: each dataset and suite dataset (for trials, the
+    ``optimize`` datasets only), and a founder's import source. Sorted, so an enclosing
+    directory is mounted before what it holds.
     """
     packages: list[ParentArtifact] = list(task.parents)
     uris: list[str] = []
@@ -186,6 +203,8 @@ def inputs(task: BreedTask | EvaluateTask, store_mount: str) -> list[str]:
         uris += [d.uri for d in task.data]
         if task.operator.import_ is not None:
             uris.append(task.operator.import_.uri)
+    elif isinstance(task, TrialTask):
+        uris += [d.uri for d in task.datasets]
     else:
         packages.append(task.subject)
         if task.champion is not None:
@@ -211,11 +230,60 @@ def job(
     :data:`OUTPUT_MOUNT`. Kubernetes ends the attempt after ``deadline_seconds`` (see
     ``breeding.admission.job_deadline``).
     """
+    labels = _labels(
+        purpose,
+        owner.spec.resources,
+        **{LABEL_DESCENDANT: owner.metadata.name, LABEL_ATTEMPT: str(attempt)},
+    )
+    return _step_job(
+        job_name(owner.metadata.name, purpose, attempt),
+        owner,
+        labels,
+        owner.spec.resources,
+        settings,
+        task,
+        deadline_seconds,
+    )
+
+
+def trial_job(
+    run: BreedingRun, settings: JobSettings, task: TrialTask, deadline_seconds: int
+) -> Body:
+    """The Job that merges and scores a batch of a run's trials (consecutive numbers).
+
+    Built as a step Job is (the same isolation, mounts and queueing), with the run's
+    ``template.resources``; named for its trials (:func:`~studbook.breeding.runflow.trial_job_name`)
+    and labelled with the first and the last, so the run knows which trials it runs.
+    """
+    numbers = [t.number for t in task.trials]
+    if not numbers or numbers != list(range(numbers[0], numbers[-1] + 1)):
+        raise ValueError(f"a trial Job runs consecutive trials, not {numbers}")
+    resources = run.spec.template.resources
+    labels = _labels(
+        TRIALS,
+        resources,
+        **{
+            RUN_LABEL: run.metadata.name,
+            LABEL_FIRST_TRIAL: str(numbers[0]),
+            LABEL_LAST_TRIAL: str(numbers[-1]),
+        },
+    )
+    name = trial_job_name(run.metadata.name, numbers[0], numbers[-1])
+    return _step_job(name, run, labels, resources, settings, task, deadline_seconds)
+
+
+def _step_job(
+    name: str,
+    owner: Descendant | BreedingRun,
+    labels: dict[str, str],
+    resources: Resources,
+    settings: JobSettings,
+    task: Task,
+    deadline_seconds: int,
+) -> Body:
+    purpose = labels[LABEL_PURPOSE]
     if task.output != OUTPUT_MOUNT:
         raise ValueError(f"a Job's task writes to {OUTPUT_MOUNT}, not {task.output}")
-    name = job_name(owner.metadata.name, purpose, attempt)
-    resources = owner.spec.resources
-    labels = _labels(owner, purpose, attempt)
     node_selector = dict(resources.node_selector or {})
     if resources.gpu_type:
         node_selector[LABEL_GPU_PRODUCT] = resources.gpu_type
@@ -279,7 +347,7 @@ def job(
                 # killed before it could leaves its log tail there instead.
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "env": env,
-                "resources": _resources(owner, purpose),
+                "resources": _resources(resources),
                 "volumeMounts": mounts,
                 "securityContext": {
                     "readOnlyRootFilesystem": True,
@@ -328,9 +396,10 @@ def job(
 
 
 def step_network_policy(namespace: str, settings: JobSettings) -> Body:
-    """Deny every connection of a namespace's step pods (breed, evaluate) but to the store.
+    """Deny every connection of a namespace's step pods but to the store.
 
-    One policy per namespace serves every descendant in it.
+    Breed, evaluate and trial pods alike: one policy per namespace serves every Descendant and
+    BreedingRun in it.
     """
     return {
         "apiVersion": "networking.k8s.io/v1",
