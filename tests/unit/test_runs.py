@@ -59,9 +59,7 @@ def test_the_example_run_is_admitted_and_every_method_is_probed() -> None:
         "dare_ties",
     ]
     # the boldest weight the search may propose is what the mutation budget judges
-    assert {w.weight for p in probes if p.operator.merge for w in p.operator.merge.weights} == {
-        1.5
-    }
+    assert {w.weight for p in probes if p.operator.merge for w in p.operator.merge.weights} == {1.5}
 
 
 @pytest.mark.parametrize(
