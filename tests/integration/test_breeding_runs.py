@@ -215,8 +215,17 @@ def test_a_run_spends_its_budget_across_operator_kills_and_goes_on_when_it_grows
     assert trainer.evaluated(idle_operator) == dict.fromkeys(range(11), 1)
     ledger = _verify(idle_operator, namespace, uid, public)
     assert [t.number for t in ledger.trials] == list(range(11))
-    started = [e for e in _events(kube, namespace) if e.reason == "Started"]
-    assert len(started) >= 2 and "continues" in started[-1].message, "it said it went on"
+    # The operator posts a look's events after it patches the status: wait for them.
+    started = wait_for(
+        lambda: [
+            e
+            for e in _events(kube, namespace)
+            if e.reason == "Started" and "continues" in (e.message or "")
+        ],
+        what="a Started event saying the run continues",
+        log=idle_operator.log,
+    )
+    assert started, "it said it went on"
 
 
 def _events(kube: client.ApiClient, namespace: str) -> list[client.CoreV1Event]:
@@ -336,9 +345,18 @@ def test_a_scored_run_ends_with_a_signed_ledger_and_its_front_as_owned_descendan
     ledger = _verify(idle_operator, namespace, uid, public)
     assert sorted(t.told for t in ledger.trials if t.told is not None) == list(range(6))
     assert all(t.state == "succeeded" for t in ledger.trials)
-    said = [e.reason for e in _events(kube, namespace)]
-    assert {"Started", "GenerationCompleted", "BudgetSpent"} <= set(said), said
-    assert 'studbook_trials_total{outcome="succeeded"} 6.0' in idle_operator.metrics()
+    # The operator posts a look's events after it patches the status: wait for them.
+    wanted = {"Started", "GenerationCompleted", "BudgetSpent"}
+    wait_for(
+        lambda: wanted <= {e.reason for e in _events(kube, namespace)},
+        what=f"events {sorted(wanted)}",
+        log=idle_operator.log,
+    )
+    wait_for(
+        lambda: 'studbook_trials_total{outcome="succeeded"} 6.0' in idle_operator.metrics(),
+        what="6 succeeded trials counted",
+        log=idle_operator.log,
+    )
     front = status["paretoFront"]
     assert len(front) > 1, "the scores trade one objective off against the other"
     assert status["best"]["descendant"] == f"{RUN}-t{status['best']['trial']}"
